@@ -1,0 +1,58 @@
+# lvwatch: `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+BIN := bin/lvwatch
+# The pinned BPF toolchain; bpf2go's output is committed and byte-identical run to run.
+export BPF2GO_CC ?= clang-19
+export BPF2GO_STRIP ?= llvm-strip-19
+FUZZTIME ?= 30s
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## Install the Debian packages the build, tests and demo need (only missing ones)
+	@tools/deps.sh
+
+.PHONY: build
+build: ## Build bin/lvwatch
+	CGO_ENABLED=0 $(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/lvwatch
+
+.PHONY: generate
+generate: deps ## Rebuild the BPF objects with the pinned clang (bpf2go)
+	$(GO) generate ./...
+
+.PHONY: check-generate
+check-generate: generate ## Fail if the committed generated files differ from a fresh build
+	@git diff --exit-code --stat -- '*_bpfel.go' '*_bpfel.o' || \
+		{ echo "generated BPF files differ from the committed ones: run 'make generate' and commit" >&2; exit 1; }
+
+.PHONY: demo
+demo: deps build ## Run the demo: the watcher on a loop device with the embedded default (root)
+	$(BIN) demo
+
+.PHONY: test
+test: deps ## Run all tests: unit, privileged (root) and the device-mapper tests in a VM
+	$(GO) vet ./...
+	$(GO) test -count=1 ./...
+	$(MAKE) vmtest
+
+.PHONY: vmtest
+vmtest: deps ## Run the device-mapper tests in a QEMU guest (directly when the host has device-mapper)
+	$(GO) run ./tools/vmtest
+
+.PHONY: bench
+bench: deps ## Run the benchmarks (root) and print their figures
+	$(GO) test -run '^$$' -bench . -benchtime 10000x ./internal/watch
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME each (default 30s)
+	@tools/fuzz.sh $(FUZZTIME)
+
+.PHONY: clean
+clean: ## Remove build outputs and caches
+	rm -rf bin .cache

@@ -1,0 +1,39 @@
+// Package testutil holds helpers shared by tests that need real kernel features.
+package testutil
+
+import (
+	"os"
+	"testing"
+)
+
+// RequirePrivilegedEnv is the variable that turns a privilege skip into a failure.
+// CI sets it so that a test that cannot run there is noticed instead of skipped.
+const RequirePrivilegedEnv = "LVWATCH_REQUIRE_PRIVILEGED"
+
+// Privileged reports whether privileged tests must run rather than skip.
+func Privileged() bool { return os.Getenv(RequirePrivilegedEnv) == "1" }
+
+// SkipOrFail skips the test with reason, or fails it when LVWATCH_REQUIRE_PRIVILEGED=1.
+func SkipOrFail(t testing.TB, reason string) {
+	t.Helper()
+	if Privileged() {
+		t.Fatalf("%s (and %s=1 forbids skipping)", reason, RequirePrivilegedEnv)
+	}
+	t.Skip(reason)
+}
+
+// RequireRoot skips (or fails, see SkipOrFail) unless the test runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		SkipOrFail(t, "needs root")
+	}
+}
+
+// RequireFile skips (or fails) unless path exists, naming the kernel feature it stands for.
+func RequireFile(t testing.TB, path, feature string) {
+	t.Helper()
+	if _, err := os.Stat(path); err != nil {
+		SkipOrFail(t, feature+" unavailable: "+err.Error())
+	}
+}
