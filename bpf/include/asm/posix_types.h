@@ -1,0 +1,2 @@
+/* Architecture-neutral for the BPF target; see types.h beside this file. */
+#include <asm-generic/posix_types.h>

@@ -1,0 +1,162 @@
+//go:build ignore
+
+// lvwatch's write watcher: one event when a write to a watched block device ends
+// past the device's threshold. Attached to tracepoint block:block_bio_queue, which
+// fires in the submitter's context for every bio, device-mapper LVs included.
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+#define LVW_MAX_DEVICES 4096
+
+// The block_bio_queue record up to the first bytes of rwbs. This prefix is the same
+// from 5.10 through 6.x (later kernels widened rwbs and moved comm after it), so the
+// program needs neither BTF nor CO-RE. The ctx may not be read below offset 8.
+struct lvw_bio_rec {
+	__u64 common;
+	__u32 dev; // the kernel's dev_t: major << 20 | minor
+	__u32 pad;
+	__u64 sector;
+	__u32 nr_sector;
+	char rwbs[8];
+};
+
+// What a watched device is armed with. An entry stays after its crossing; whether it
+// is still armed is its cookie's presence in lvw_armed.
+struct lvw_arm {
+	__u64 threshold; // sectors: a write ending beyond this crosses
+	__u64 cookie;    // names this arming; unique for the life of the pins
+};
+
+struct lvw_event {
+	__u64 cookie;
+	__u64 sector;    // the crossing write's first sector
+	__u64 threshold; // sectors, as armed
+	__u64 ktime_ns;  // CLOCK_MONOTONIC when the write was queued
+	__u32 dev;
+	__u32 nr_sector;
+	__u32 pid; // tgid of the writer
+	__u32 tid;
+	char comm[16];
+};
+
+// Keeps the event type in BTF, for bpf2go to generate its Go twin.
+const struct lvw_event *lvw_unused_event __attribute__((unused));
+
+struct lvw_counters {
+	__u64 bios;      // bios of any kind on watched devices
+	__u64 crossings; // events emitted
+	__u64 lost;      // crossings that found the ring full (the device stays armed)
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LVW_MAX_DEVICES);
+	__type(key, __u32); // dev_t
+	__type(value, struct lvw_arm);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lvw_watch SEC(".maps");
+
+// The set of armed cookies. Deleting a cookie is atomic and succeeds once, so of all
+// writers that race past a threshold exactly one emits; keying by cookie rather than
+// device keeps a late writer from disarming a newer arming of the same device.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LVW_MAX_DEVICES);
+	__type(key, __u64); // cookie
+	__type(value, __u32); // dev_t, for bpftool readers
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lvw_armed SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lvw_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lvw_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lvw_stats SEC(".maps");
+
+// Whether rwbs (blk_fill_rwbs) names a write that moves the end of the used area:
+// W, or N with data (write-zeroes). A leading F is a preflush, not the operation.
+static __always_inline int lvw_is_write(char c0, char c1, __u32 nr_sector)
+{
+	char op = c0;
+
+	if (c0 == 'F' && (c1 == 'W' || c1 == 'N' || c1 == 'R' || c1 == 'D' || c1 == 'F'))
+		op = c1;
+	return nr_sector > 0 && (op == 'W' || op == 'N');
+}
+
+static __always_inline void lvw_bio(__u32 dev, __u64 sector, __u32 nr_sector, char c0, char c1)
+{
+	struct lvw_arm *arm = bpf_map_lookup_elem(&lvw_watch, &dev);
+	if (!arm)
+		return;
+
+	__u32 zero = 0;
+	struct lvw_counters *cnt = bpf_map_lookup_elem(&lvw_stats, &zero);
+	if (cnt)
+		cnt->bios++;
+
+	if (!lvw_is_write(c0, c1, nr_sector) || sector + nr_sector <= arm->threshold)
+		return;
+	__u64 cookie = arm->cookie;
+	__u64 threshold = arm->threshold;
+	if (!bpf_map_lookup_elem(&lvw_armed, &cookie))
+		return; // crossed before, not re-armed yet
+
+	// Reserve before disarming: with the ring full the device stays armed and the
+	// next write past the threshold reports the crossing.
+	struct lvw_event *ev = bpf_ringbuf_reserve(&lvw_events, sizeof(*ev), 0);
+	if (!ev) {
+		if (cnt)
+			cnt->lost++;
+		return;
+	}
+	if (bpf_map_delete_elem(&lvw_armed, &cookie)) {
+		bpf_ringbuf_discard(ev, 0); // another writer disarmed it first
+		return;
+	}
+
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	ev->cookie = cookie;
+	ev->sector = sector;
+	ev->threshold = threshold;
+	ev->ktime_ns = bpf_ktime_get_ns();
+	ev->dev = dev;
+	ev->nr_sector = nr_sector;
+	ev->pid = pid_tgid >> 32;
+	ev->tid = (__u32)pid_tgid;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	bpf_ringbuf_submit(ev, 0);
+	if (cnt)
+		cnt->crossings++;
+}
+
+SEC("tracepoint/block/block_bio_queue")
+int lvw_bio_queue(struct lvw_bio_rec *rec)
+{
+	lvw_bio(rec->dev, rec->sector, rec->nr_sector, rec->rwbs[0], rec->rwbs[1]);
+	return 0;
+}
+
+// A twin of lvw_bio_queue for BPF_PROG_TEST_RUN, which tracepoint programs do not
+// support. Never attached. Its arguments: dev, sector, nr_sector, rwbs (8 bytes,
+// little-endian).
+SEC("raw_tp")
+int lvw_bio_test(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u64 rwbs = ctx->args[3];
+
+	lvw_bio(ctx->args[0], ctx->args[1], ctx->args[2], rwbs & 0xff, (rwbs >> 8) & 0xff);
+	return 0;
+}

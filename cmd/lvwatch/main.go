@@ -1,0 +1,104 @@
+// Command lvwatch is the thin-provisioning agent for VM disks on shared LVM storage.
+// This file only dispatches subcommands; each lives in its own file with its flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/rs/zerolog"
+)
+
+// A command is one subcommand: its name, a one-line summary and its runner.
+// run gets the arguments after the subcommand name.
+type command struct {
+	name, summary string
+	run           func(ctx context.Context, args []string) error
+}
+
+func commands() []command {
+	return []command{
+		{"watch", "print write events crossing a threshold on block devices", runWatch},
+		{"demo", "show the watcher on a loop device with an embedded default", runDemo},
+		{"version", "print the version", runVersion},
+	}
+}
+
+// errUsage marks an error the user fixes by reading the usage; its exit code is 2.
+var errUsage = errors.New("usage")
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage()
+		return 2
+	}
+	for _, c := range commands() {
+		if c.name != args[0] {
+			continue
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		err := c.run(ctx, args[1:])
+		switch {
+		case err == nil:
+			return 0
+		case errors.Is(err, flag.ErrHelp):
+			return 0
+		case errors.Is(err, errUsage):
+			fmt.Fprintf(os.Stderr, "lvwatch %s: %v\n", c.name, err)
+			return 2
+		default:
+			logger.Error().Err(err).Str("command", c.name).Msg("failed")
+			return 1
+		}
+	}
+	fmt.Fprintf(os.Stderr, "lvwatch: unknown command %q\n", args[0])
+	usage()
+	return 2
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: lvwatch COMMAND [flags]\n\ncommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(os.Stderr, "  %-10s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(os.Stderr, "\nRun 'lvwatch COMMAND -h' for a command's flags.")
+}
+
+// logger is the process logger: JSON lines on stderr, one event per line,
+// so that journald and log shippers keep the fields.
+var logger = zerolog.New(os.Stderr).With().Timestamp().Logger()
+
+// newFlagSet returns a flag set for a subcommand with the flags every command shares.
+func newFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet("lvwatch "+name, flag.ContinueOnError)
+	fs.Func("log-level", "log level: debug, info, warn, error", func(s string) error {
+		lvl, err := zerolog.ParseLevel(s)
+		if err != nil {
+			return err
+		}
+		logger = logger.Level(lvl)
+		return nil
+	})
+	return fs
+}
+
+// parseFlags parses args into fs and wraps a parse error as a usage error.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	return nil
+}
