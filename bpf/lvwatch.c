@@ -71,6 +71,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lvw_armed SEC(".maps");
 
+// A bitmap over hashed device numbers with the bits of every watched device set:
+// most bios (other devices, and the disks below each LV) are dismissed with one
+// read of a hot cache line instead of a hash table walk. Bits of devices no longer
+// watched may stay set; they only cost that device the hash lookup.
+#define LVW_FILTER_BITS 4096
+struct lvw_bitmap {
+	__u64 bits[LVW_FILTER_BITS / 64];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lvw_bitmap);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lvw_filter SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
@@ -98,11 +115,19 @@ static __always_inline int lvw_is_write(char c0, char c1, __u32 nr_sector)
 
 static __always_inline void lvw_bio(__u32 dev, __u64 sector, __u32 nr_sector, char c0, char c1)
 {
+	__u32 zero = 0;
+	struct lvw_bitmap *filter = bpf_map_lookup_elem(&lvw_filter, &zero);
+	if (!filter)
+		return;
+	// The same fold of dev_t as filterBit in Go; the minor's low bits stay apart.
+	__u32 bit = (dev ^ (dev >> 12)) & (LVW_FILTER_BITS - 1);
+	if (!(filter->bits[bit / 64] & (1ULL << (bit % 64))))
+		return;
+
 	struct lvw_arm *arm = bpf_map_lookup_elem(&lvw_watch, &dev);
 	if (!arm)
 		return;
 
-	__u32 zero = 0;
 	struct lvw_counters *cnt = bpf_map_lookup_elem(&lvw_stats, &zero);
 	if (cnt)
 		cnt->bios++;

@@ -19,6 +19,11 @@ type bpfLvwArm struct {
 	Cookie    uint64
 }
 
+type bpfLvwBitmap struct {
+	_    structs.HostLayout
+	Bits [64]uint64
+}
+
 type bpfLvwCounters struct {
 	_         structs.HostLayout
 	Bios      uint64
@@ -45,6 +50,7 @@ type bpfLvwEvent struct {
 const (
 	bpfMapLvwArmed       = "lvw_armed"
 	bpfMapLvwEvents      = "lvw_events"
+	bpfMapLvwFilter      = "lvw_filter"
 	bpfMapLvwStats       = "lvw_stats"
 	bpfMapLvwWatch       = "lvw_watch"
 	bpfProgLvwBioQueue   = "lvw_bio_queue"
@@ -104,6 +110,7 @@ type bpfProgramSpecs struct {
 type bpfMapSpecs struct {
 	LvwArmed  *ebpf.MapSpec `ebpf:"lvw_armed"`
 	LvwEvents *ebpf.MapSpec `ebpf:"lvw_events"`
+	LvwFilter *ebpf.MapSpec `ebpf:"lvw_filter"`
 	LvwStats  *ebpf.MapSpec `ebpf:"lvw_stats"`
 	LvwWatch  *ebpf.MapSpec `ebpf:"lvw_watch"`
 }
@@ -137,6 +144,7 @@ func (o *bpfObjects) Close() error {
 type bpfMaps struct {
 	LvwArmed  *ebpf.Map `ebpf:"lvw_armed"`
 	LvwEvents *ebpf.Map `ebpf:"lvw_events"`
+	LvwFilter *ebpf.Map `ebpf:"lvw_filter"`
 	LvwStats  *ebpf.Map `ebpf:"lvw_stats"`
 	LvwWatch  *ebpf.Map `ebpf:"lvw_watch"`
 }
@@ -145,6 +153,7 @@ func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.LvwArmed,
 		m.LvwEvents,
+		m.LvwFilter,
 		m.LvwStats,
 		m.LvwWatch,
 	)

@@ -71,6 +71,7 @@ type objects struct {
 	Armed  *ebpf.Map     `ebpf:"lvw_armed"`
 	Events *ebpf.Map     `ebpf:"lvw_events"`
 	Stats  *ebpf.Map     `ebpf:"lvw_stats"`
+	Filter *ebpf.Map     `ebpf:"lvw_filter"`
 }
 
 // Watcher owns the loaded watcher. Arm, Disarm and Counters may be called from
@@ -212,7 +213,11 @@ func (w *Watcher) Arm(dev Dev, threshold uint64) (uint64, error) {
 
 	w.cookie++
 	cookie := w.cookie
-	// Armed first: the program ignores a cookie it does not find.
+	// Filter bit, then cookie, then threshold: the program looks at them in that
+	// order, so the arming takes effect whole once the threshold is in.
+	if err := w.updateFilter(func(f *bpfLvwBitmap) error { f.set(k); return nil }); err != nil {
+		return 0, fmt.Errorf("arm %s: %w", dev, err)
+	}
 	if err := w.objs.Armed.Update(cookie, k, ebpf.UpdateNoExist); err != nil {
 		return 0, fmt.Errorf("arm %s: %w", dev, mapFull(err))
 	}
@@ -249,13 +254,54 @@ func (w *Watcher) Disarm(dev Dev) (bool, error) {
 		return false, fmt.Errorf("disarm %s: %w", dev, err)
 	}
 	err := w.objs.Armed.Delete(arm.Cookie)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return false, nil
-	}
-	if err != nil {
+	armed := err == nil
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return false, fmt.Errorf("disarm %s: %w", dev, err)
 	}
-	return true, nil
+	if err := w.rebuildFilter(); err != nil {
+		return armed, fmt.Errorf("disarm %s: %w", dev, err)
+	}
+	return armed, nil
+}
+
+// filterBit is the lvw_filter bit of a kernel dev_t, as the program computes it.
+func filterBit(k uint32) uint32 { return (k ^ k>>12) % (64 * uint32(len(bpfLvwBitmap{}.Bits))) }
+
+func (f *bpfLvwBitmap) set(k uint32) { f.Bits[filterBit(k)/64] |= 1 << (filterBit(k) % 64) }
+
+// updateFilter applies change to the filter bitmap. The program may read the value
+// while it is rewritten, but every word other than the changed bits stays the
+// same, so no watched device is ever dismissed.
+func (w *Watcher) updateFilter(change func(*bpfLvwBitmap) error) error {
+	var f bpfLvwBitmap
+	if err := w.objs.Filter.Lookup(uint32(0), &f); err != nil {
+		return fmt.Errorf("read lvw_filter: %w", err)
+	}
+	if err := change(&f); err != nil {
+		return err
+	}
+	if err := w.objs.Filter.Update(uint32(0), &f, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("update lvw_filter: %w", err)
+	}
+	return nil
+}
+
+// rebuildFilter clears the bits of devices no longer watched (unless they share
+// a bit with a watched one).
+func (w *Watcher) rebuildFilter() error {
+	return w.updateFilter(func(f *bpfLvwBitmap) error {
+		*f = bpfLvwBitmap{}
+		var dev uint32
+		var arm bpfLvwArm
+		it := w.objs.Watch.Iterate()
+		for it.Next(&dev, &arm) {
+			f.set(dev)
+		}
+		if err := it.Err(); err != nil {
+			return fmt.Errorf("read lvw_watch: %w", err)
+		}
+		return nil
+	})
 }
 
 // Read blocks until the next crossing and returns it. When ctx ends it returns
@@ -338,7 +384,7 @@ func (w *Watcher) Close() error {
 	}
 	// Close is nil-safe on programs and maps, so a half-done Open cleans up here too.
 	errs = append(errs, w.objs.Prog.Close(), w.objs.Watch.Close(), w.objs.Armed.Close(),
-		w.objs.Events.Close(), w.objs.Stats.Close())
+		w.objs.Events.Close(), w.objs.Stats.Close(), w.objs.Filter.Close())
 	if w.lock != nil {
 		errs = append(errs, w.lock.Close()) // closing drops the flock
 	}
@@ -351,7 +397,7 @@ func (w *Watcher) CloseAndUnpin() error {
 	if w.link != nil {
 		errs = append(errs, w.link.Unpin())
 	}
-	for _, m := range []*ebpf.Map{w.objs.Watch, w.objs.Armed, w.objs.Events, w.objs.Stats} {
+	for _, m := range []*ebpf.Map{w.objs.Watch, w.objs.Armed, w.objs.Events, w.objs.Stats, w.objs.Filter} {
 		if m != nil {
 			errs = append(errs, m.Unpin())
 		}

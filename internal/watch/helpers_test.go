@@ -1,0 +1,159 @@
+package watch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
+	"github.com/lvwatch/lvwatch/internal/loopdev"
+	"github.com/lvwatch/lvwatch/internal/testutil"
+	"golang.org/x/sys/unix"
+)
+
+// requireBPF skips (or fails under LVWATCH_REQUIRE_PRIVILEGED=1) where the watcher
+// cannot load: not root, or a kernel without tracepoint programs or ring buffers.
+func requireBPF(t testing.TB) {
+	t.Helper()
+	testutil.RequireRoot(t)
+	if err := features.HaveProgramType(ebpf.TracePoint); err != nil {
+		testutil.SkipOrFail(t, "tracepoint programs: "+err.Error())
+	}
+	if err := features.HaveMapType(ebpf.RingBuf); err != nil {
+		testutil.SkipOrFail(t, "BPF ring buffers: "+err.Error())
+	}
+}
+
+// testPinDir is a pin directory of the test's own, so tests never touch a running agent's.
+func testPinDir(t testing.TB) string {
+	name := strings.NewReplacer("/", "-", " ", "-").Replace(t.Name())
+	return filepath.Join(bpfFSPath, fmt.Sprintf("lvwatch-test-%d-%s", os.Getpid(), name))
+}
+
+// openWatcher opens a watcher on a fresh pin directory and removes it at cleanup.
+func openWatcher(t testing.TB) *Watcher {
+	t.Helper()
+	requireBPF(t)
+	w, err := Open(Options{PinDir: testPinDir(t)})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := w.CloseAndUnpin(); err != nil {
+			t.Errorf("CloseAndUnpin: %v", err)
+		}
+	})
+	return w
+}
+
+// pending returns every event already in the ring without waiting for more.
+func pending(t testing.TB, w *Watcher) []Event {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var evs []Event
+	for {
+		ev, err := w.Read(ctx)
+		if errors.Is(err, context.Canceled) {
+			return evs
+		}
+		if err != nil {
+			t.Fatalf("Read: %v", err)
+		}
+		evs = append(evs, ev)
+	}
+}
+
+// wantEvents checks that exactly n events are pending and returns them.
+func wantEvents(t testing.TB, w *Watcher, n int, what string) []Event {
+	t.Helper()
+	evs := pending(t, w)
+	if len(evs) != n {
+		t.Fatalf("%s: got %d events, want %d: %+v", what, len(evs), n, evs)
+	}
+	return evs
+}
+
+// blockDev is a loop device opened for O_DIRECT I/O.
+type blockDev struct {
+	*loopdev.Device
+	Dev Dev
+	fd  int
+}
+
+// newBlockDev attaches a sparse file in dir ("" for the default temporary directory).
+func newBlockDev(t testing.TB, dir string, size int64) *blockDev {
+	t.Helper()
+	testutil.RequireFile(t, "/dev/loop-control", "loop devices")
+	ld, err := loopdev.NewSparse(dir, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(ld.Path, unix.O_RDWR|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		ld.Close()
+		t.Fatalf("open %s O_DIRECT: %v", ld.Path, err)
+	}
+	t.Cleanup(func() {
+		unix.Close(fd)
+		if err := ld.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return &blockDev{Device: ld, Dev: Dev{ld.Major, ld.Minor}, fd: fd}
+}
+
+// alignedBuf returns n bytes aligned for O_DIRECT.
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+4096)
+	off := 4096 - int(uintptr(ptrOf(b))%4096)
+	return b[off : off+n]
+}
+
+func (d *blockDev) write(t testing.TB, buf []byte, offset int64) {
+	t.Helper()
+	if n, err := unix.Pwrite(d.fd, buf, offset); err != nil || n != len(buf) {
+		t.Fatalf("pwrite %s at %d: %d, %v", d.Path, offset, n, err)
+	}
+}
+
+func (d *blockDev) read(t testing.TB, buf []byte, offset int64) {
+	t.Helper()
+	if n, err := unix.Pread(d.fd, buf, offset); err != nil || n != len(buf) {
+		t.Fatalf("pread %s at %d: %d, %v", d.Path, offset, n, err)
+	}
+}
+
+// rangeIoctl issues BLKDISCARD or BLKZEROOUT for [offset, offset+length).
+func (d *blockDev) rangeIoctl(t testing.TB, req uint, offset, length uint64) {
+	t.Helper()
+	r := [2]uint64{offset, length}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(d.fd), uintptr(req), uintptr(ptrOf(r[:]))); errno != 0 {
+		t.Fatalf("ioctl %#x on %s: %v", req, d.Path, errno)
+	}
+}
+
+// loadTestProgram loads lvw_bio_test, the BPF_PROG_TEST_RUN twin of the watcher,
+// on the same pinned maps as w.
+func loadTestProgram(t testing.TB, w *Watcher) *ebpf.Program {
+	t.Helper()
+	spec, err := loadBpf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var objs struct {
+		Prog *ebpf.Program `ebpf:"lvw_bio_test"`
+	}
+	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: w.pinDir}}); err != nil {
+		t.Fatalf("load lvw_bio_test: %v", err)
+	}
+	t.Cleanup(func() { objs.Prog.Close() })
+	return objs.Prog
+}
+func ptrOf[T any](s []T) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(s)) }
