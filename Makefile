@@ -37,6 +37,7 @@ demo: deps build ## Run the demo: the watcher on a loop device with the embedded
 
 .PHONY: test
 test: deps ## Run all tests: unit, privileged (root) and the device-mapper tests in a VM
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$unformatted" ] || { echo "gofmt needed: $$unformatted" >&2; exit 1; }
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
 	$(MAKE) vmtest
