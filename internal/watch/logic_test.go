@@ -169,3 +169,20 @@ func TestLogicFullRingKeepsArmed(t *testing.T) {
 		t.Errorf("%d + %d events for %d crossings", first, second, devs)
 	}
 }
+
+func FuzzDecodeEvent(f *testing.F) {
+	f.Add(make([]byte, eventSize))
+	f.Add([]byte{1, 2, 3})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ev, err := decodeEvent(b, 0)
+		if err != nil {
+			if len(b) >= eventSize {
+				t.Fatalf("%d bytes rejected: %v", len(b), err)
+			}
+			return
+		}
+		if ev.Offset%sectorSize != 0 || ev.Length%sectorSize != 0 || ev.Dev.Minor >= 1<<20 {
+			t.Fatalf("decoded %+v", ev)
+		}
+	})
+}
