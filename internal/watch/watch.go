@@ -128,7 +128,9 @@ func Open(opts Options) (_ *Watcher, err error) {
 	if err != nil {
 		return nil, err
 	}
-	w.cookie = last
+	// Events still in the ring may carry cookies no map holds any more; starting
+	// from the wall clock's nanoseconds keeps new cookies above those too.
+	w.cookie = max(last, uint64(time.Now().UnixNano()))
 	return w, nil
 }
 
@@ -179,7 +181,7 @@ func (w *Watcher) attach() error {
 }
 
 // lastCookie finds the highest cookie in the pinned maps, so that new cookies
-// never repeat one that an undelivered event may still carry.
+// never repeat one that is still armed.
 func (w *Watcher) lastCookie() (uint64, error) {
 	var last uint64
 	var dev uint32
