@@ -8,7 +8,7 @@ packages=(
 	bpftool                      # inspecting pinned objects
 	lvm2                         # LVM2 on loop devices
 	qemu-utils                   # qemu-img / qemu-io: the real qcow2 writer
-	qemu-system-x86 busybox-static cpio e2fsprogs kmod  # tools/vmtest: a real kernel with device-mapper
+	qemu-system-x86 busybox-static cpio kmod  # tools/vmtest: a real kernel with device-mapper (cpio: its archive test)
 )
 
 missing=()

@@ -25,6 +25,7 @@ func commands() []command {
 	return []command{
 		{"watch", "print write events crossing a threshold on block devices", runWatch},
 		{"demo", "show the watcher on a loop device with an embedded default", runDemo},
+		{"refresh", "make an LV's device-mapper table match the LVM metadata on disk", runRefresh},
 		{"version", "print the version", runVersion},
 	}
 }

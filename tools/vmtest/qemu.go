@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+)
+
+// vm is one guest boot.
+type vm struct {
+	kernel  string   // bzImage
+	initrd  string   // the concatenated base and payload archives
+	disks   []string // raw scratch images, /dev/vda, /dev/vdb... in the guest
+	timeout time.Duration
+}
+
+// tcgArgs are measured on the CI machines: KVM does not work there, so QEMU
+// translates; -smp 2 with a thread per vCPU.
+var tcgArgs = []string{"-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "1024"}
+
+// boot runs the guest with its serial console on console until it powers
+// off, and kills it when the time limit passes. Its result is on the console.
+func (v vm) boot(ctx context.Context, console io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, v.timeout)
+	defer cancel()
+	args := append([]string{
+		"-nodefaults", "-no-user-config", "-no-reboot",
+		"-display", "none", "-serial", "stdio",
+		"-kernel", v.kernel, "-initrd", v.initrd,
+		// panic=-1 reboots at once on a panic, which -no-reboot turns into QEMU exiting.
+		"-append", "console=ttyS0 quiet panic=-1 oops=panic mitigations=off rdinit=/init",
+	}, tcgArgs...)
+	for _, d := range v.disks {
+		args = append(args, "-drive", "file="+d+",if=virtio,format=raw,cache=unsafe")
+	}
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+	cmd.Stdout, cmd.Stderr = console, os.Stderr
+	cmd.WaitDelay = 5 * time.Second
+	err := cmd.Run()
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("the guest was still running after %v: killed it", v.timeout)
+	}
+	if err != nil {
+		return fmt.Errorf("qemu: %w", err)
+	}
+	return nil
+}
+
+// scratchDisks creates n sparse raw images of size bytes in dir.
+func scratchDisks(dir string, n int, size int64) ([]string, error) {
+	var disks []string
+	for i := range n {
+		p := filepath.Join(dir, fmt.Sprintf("scratch%d.raw", i))
+		f, err := os.Create(p)
+		if err != nil {
+			return nil, err
+		}
+		err = f.Truncate(size)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, err
+		}
+		disks = append(disks, p)
+	}
+	return disks, nil
+}
+
+// concatFiles writes the files one after another into out: the kernel
+// unpacks concatenated cpio archives in order.
+func concatFiles(out string, files ...string) error {
+	dst, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		src, err := os.Open(f)
+		if err != nil {
+			dst.Close()
+			return err
+		}
+		_, err = io.Copy(dst, src)
+		src.Close()
+		if err != nil {
+			dst.Close()
+			return err
+		}
+	}
+	return dst.Close()
+}
