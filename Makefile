@@ -49,6 +49,8 @@ vmtest: deps ## Run the device-mapper tests in a QEMU guest (directly when the h
 .PHONY: bench
 bench: deps ## Run the benchmarks (root) and print their figures
 	$(GO) test -run '^$$' -bench . -benchtime 10000x ./internal/watch
+	$(GO) test -run '^$$' -bench . -benchtime 300x ./internal/lvm
+	$(GO) run ./tools/vmtest -run '^$$' -bench -benchtime 50x
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME each (default 30s)
