@@ -50,6 +50,7 @@ vmtest: deps ## Run the device-mapper tests in a QEMU guest (directly when the h
 bench: deps ## Run the benchmarks (root) and print their figures
 	$(GO) test -run '^$$' -bench . -benchtime 10000x ./internal/watch
 	$(GO) test -run '^$$' -bench . -benchtime 300x ./internal/lvm
+	$(GO) test -run '^$$' -bench . -benchtime 300x ./internal/mailbox
 	$(GO) run ./tools/vmtest -run '^$$' -bench -benchtime 50x
 
 .PHONY: fuzz

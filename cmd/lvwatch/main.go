@@ -26,6 +26,8 @@ func commands() []command {
 		{"watch", "print write events crossing a threshold on block devices", runWatch},
 		{"demo", "show the watcher on a loop device with an embedded default", runDemo},
 		{"refresh", "make an LV's device-mapper table match the LVM metadata on disk", runRefresh},
+		{"mailbox", "initialise or dump the storage mailbox volumes (inbox, outbox)", runMailbox},
+		{"extend", "ask the SPM for a bigger volume through the storage mailbox, as one host", runExtend},
 		{"version", "print the version", runVersion},
 	}
 }
@@ -77,12 +79,13 @@ func usage() {
 
 // logger is the process logger: JSON lines on stderr, one event per line,
 // so that journald and log shippers keep the fields.
-var logger = zerolog.New(os.Stderr).With().Timestamp().Logger()
+// Info by default: debug lines (every mailbox poll, every table loaded) are for --log-level debug.
+var logger = zerolog.New(os.Stderr).Level(zerolog.InfoLevel).With().Timestamp().Logger()
 
 // newFlagSet returns a flag set for a subcommand with the flags every command shares.
 func newFlagSet(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("lvwatch "+name, flag.ContinueOnError)
-	fs.Func("log-level", "log level: debug, info, warn, error", func(s string) error {
+	fs.Func("log-level", "log level: debug, info (default), warn, error", func(s string) error {
 		lvl, err := zerolog.ParseLevel(s)
 		if err != nil {
 			return err

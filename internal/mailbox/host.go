@@ -1,0 +1,550 @@
+package mailbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// HostConfig configures a Host. Zero durations take the defaults.
+type HostConfig struct {
+	Inbox, Outbox string // paths of the volumes (the host writes the inbox, reads the outbox)
+	HostID        int    // 1..249
+	Log           zerolog.Logger
+
+	// While requests are in flight the host polls its reply mailbox every PollMin at
+	// first, then every 1/8 of the time it has waited, at most every PollMax. With nothing
+	// in flight it does no I/O.
+	PollMin, PollMax time.Duration
+}
+
+// Defaults of HostConfig.
+const (
+	DefaultPollMin = 200 * time.Microsecond
+	DefaultPollMax = 100 * time.Millisecond
+	hostPollRatio  = 8
+)
+
+// Errors of Host.Extend.
+var (
+	ErrExtendFailed = errors.New("the SPM answered failure")
+	ErrClosed       = errors.New("mailbox host closed")
+)
+
+// HostStats counts a host's work since it started.
+type HostStats struct {
+	Polls     uint64 // 4 KiB reads of the reply mailbox
+	Writes    uint64 // writes of the request mailbox (each followed by an events block)
+	IOErrors  uint64
+	Requests  uint64 // requests written into a slot
+	Coalesced uint64 // Extend calls that joined an identical request in flight
+	Replies   uint64
+}
+
+type hostCounters struct {
+	polls, writes, ioErrors, requests, coalesced, replies atomic.Uint64
+}
+
+// Host is one host's side of the mailbox. Extend may be called from many goroutines;
+// up to 63 requests are in flight at once, identical ones share a slot, the rest wait.
+type Host struct {
+	id     int
+	log    zerolog.Logger
+	in     *Volume
+	out    *Volume
+	pace   pacer
+	stats  hostCounters
+	done   chan struct{}
+	signal chan struct{} // new calls, pokes, close
+	wake   atomic.Pointer[func(int)]
+
+	closeOnce sync.Once
+	closeErr  error
+
+	mu       sync.Mutex
+	calls    []*call
+	poked    bool
+	closeCtx context.Context // set by Close
+
+	// Owned by the loop.
+	mbox      Mailbox // our inbox mailbox as we want it on disk
+	outbox    Mailbox // our outbox mailbox as last read
+	wbuf      []byte  // aligned, BlockSize
+	rbuf      []byte  // aligned, BlockSize
+	slots     [MessagesPerMbox]hostSlot
+	queue     []*request           // waiting for a free slot
+	byMsg     map[Message]*request // queued or in flight, not yet answered: for coalescing
+	dirty     bool                 // mbox differs from what is on disk
+	lastSend  time.Time
+	sendWait  backoff
+	retryAt   time.Time // no send before this, after a write failed
+	readWait  backoff
+	readPause time.Time // no poll before this, after a read failed
+}
+
+type call struct {
+	msg  Message
+	size uint64
+	res  chan result
+}
+
+type result struct {
+	granted uint64
+	err     error
+}
+
+type request struct {
+	msg     Message
+	size    uint64
+	waiters []chan result
+}
+
+type slotState int
+
+const (
+	slotFree      slotState = iota
+	slotRequested           // request written, waiting for the reply
+	slotAcked               // CLEAN written, waiting for the SPM to echo it
+)
+
+type hostSlot struct {
+	state slotState
+	req   *request // nil for a slot acked only to clear a stale reply
+}
+
+// OpenHost opens the volumes and starts the host loop, which first clears the host's
+// mailbox (requests of an earlier run are void).
+func OpenHost(cfg HostConfig) (*Host, error) {
+	if err := ValidHostID(cfg.HostID); err != nil {
+		return nil, fmt.Errorf("mailbox host: %w", err)
+	}
+	in, out, err := openVolumes(cfg.Inbox, cfg.Outbox)
+	if err != nil {
+		return nil, fmt.Errorf("mailbox host %d: %w", cfg.HostID, err)
+	}
+	pollMin := orDefault(cfg.PollMin, DefaultPollMin)
+	h := &Host{
+		id:       cfg.HostID,
+		log:      cfg.Log.With().Str("mailbox", "host").Int("host", cfg.HostID).Logger(),
+		in:       in,
+		out:      out,
+		pace:     pacer{min: pollMin, max: max(orDefault(cfg.PollMax, DefaultPollMax), pollMin), ratio: hostPollRatio},
+		done:     make(chan struct{}),
+		signal:   make(chan struct{}, 1),
+		wbuf:     AlignedBuffer(BlockSize),
+		rbuf:     AlignedBuffer(BlockSize),
+		byMsg:    map[Message]*request{},
+		sendWait: newBackoff(),
+		readWait: newBackoff(),
+	}
+	go h.run()
+	return h, nil
+}
+
+// Extend asks the SPM to extend volume in domain to sizeMiB and waits for the reply. It
+// returns the size granted (at least sizeMiB), or ErrExtendFailed when the SPM failed.
+// A caller that gives up (ctx) leaves the request to finish in the background.
+func (h *Host) Extend(ctx context.Context, domain, volume UUID, sizeMiB uint64) (uint64, error) {
+	if sizeMiB == 0 {
+		return 0, errors.New("extend to 0 MiB: a size of 0 is the failure reply")
+	}
+	msg, err := Extend{Domain: domain, Volume: volume, SizeMiB: sizeMiB}.Encode()
+	if err != nil {
+		return 0, err
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	c := &call{msg: msg, size: sizeMiB, res: make(chan result, 1)}
+	h.mu.Lock()
+	closed := h.closeCtx != nil
+	if !closed {
+		h.calls = append(h.calls, c)
+	}
+	h.mu.Unlock()
+	if closed {
+		return 0, ErrClosed
+	}
+	h.poke()
+	select {
+	case r := <-c.res:
+		return r.granted, r.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// Poke makes the host read its replies now: a co-located SPM calls it after writing.
+func (h *Host) Poke() {
+	h.mu.Lock()
+	h.poked = true
+	h.mu.Unlock()
+	h.poke()
+}
+
+// Stats returns the host's counters.
+func (h *Host) Stats() HostStats {
+	c := &h.stats
+	return HostStats{Polls: c.polls.Load(), Writes: c.writes.Load(), IOErrors: c.ioErrors.Load(),
+		Requests: c.requests.Load(), Coalesced: c.coalesced.Load(), Replies: c.replies.Load()}
+}
+
+// Close stops taking requests, lets the answered ones finish their clean handshake until
+// ctx ends, then clears the mailbox, which withdraws the unanswered ones: their callers
+// get ErrClosed.
+func (h *Host) Close(ctx context.Context) error {
+	h.mu.Lock()
+	if h.closeCtx == nil {
+		h.closeCtx = ctx
+	}
+	h.mu.Unlock()
+	h.poke()
+	<-h.done
+	h.closeOnce.Do(func() { h.closeErr = errors.Join(h.in.Close(), h.out.Close()) })
+	return h.closeErr
+}
+
+func (h *Host) setWakeSPM(wake func(int)) { h.wake.Store(&wake) }
+
+func (h *Host) poke() {
+	select {
+	case h.signal <- struct{}{}:
+	default:
+	}
+}
+
+func (h *Host) run() {
+	defer close(h.done)
+	if !h.start() {
+		h.failAll(ErrClosed)
+		return
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		h.mu.Lock()
+		calls, poked, closeCtx := h.calls, h.poked, h.closeCtx
+		h.calls, h.poked = nil, false
+		h.mu.Unlock()
+
+		if closeCtx != nil {
+			for _, c := range calls {
+				c.res <- result{err: ErrClosed}
+			}
+			h.failQueued(ErrClosed)
+		} else {
+			h.take(calls)
+		}
+		if poked {
+			h.poll()
+		}
+		h.place()
+		now := time.Now()
+		if h.dirty && !now.Before(h.retryAt) {
+			h.send(now)
+		}
+		if closeCtx != nil && (!h.acking() || closeCtx.Err() != nil) {
+			h.shutdown()
+			return
+		}
+
+		var next time.Time
+		if h.inFlight() {
+			next = notBefore(now.Add(h.pace.interval(now.Sub(h.lastSend))), h.readPause)
+		}
+		if h.dirty {
+			next = earliest(next, h.retryAt)
+		}
+		var fired <-chan time.Time
+		if !next.IsZero() {
+			timer.Reset(time.Until(next))
+			fired = timer.C
+		}
+		var closing <-chan struct{}
+		if closeCtx != nil {
+			closing = closeCtx.Done()
+		}
+		select {
+		case <-h.signal:
+		case <-closing:
+		case <-fired:
+			if h.inFlight() {
+				h.poll()
+			}
+		}
+	}
+}
+
+// start reads the reply mailbox (to know which slots hold stale replies) and clears the
+// request mailbox, retrying until both work; false if the host was closed first.
+func (h *Host) start() bool {
+	wait := newBackoff()
+	for {
+		err := h.readOutbox()
+		if err == nil {
+			err = h.write()
+		}
+		if err == nil {
+			h.log.Info().Msg("mailbox host started")
+			return true
+		}
+		h.stats.ioErrors.Add(1)
+		d := wait.next()
+		h.log.Error().Err(err).Dur("retry_in", d).Msg("cannot clear the host's mailbox")
+		h.mu.Lock()
+		closing := h.closeCtx != nil
+		h.mu.Unlock()
+		if closing {
+			return false
+		}
+		select {
+		case <-time.After(d):
+		case <-h.signal:
+		}
+	}
+}
+
+// take queues new calls, joining identical requests that are queued or in flight.
+func (h *Host) take(calls []*call) {
+	for _, c := range calls {
+		if r := h.byMsg[c.msg]; r != nil {
+			r.waiters = append(r.waiters, c.res)
+			h.stats.coalesced.Add(1)
+			continue
+		}
+		r := &request{msg: c.msg, size: c.size, waiters: []chan result{c.res}}
+		h.byMsg[c.msg] = r
+		h.queue = append(h.queue, r)
+	}
+}
+
+// place puts queued requests into free slots. A request never goes into a slot whose
+// reply mailbox still holds a reply for the same volume (left by an earlier run, or a
+// stale answer): a vdsm peer would not see a new reply there, and we could not tell it
+// from the old. When only such slots are free, one is cleared with a CLEAN handshake.
+func (h *Host) place() {
+	if len(h.queue) == 0 {
+		return
+	}
+	if h.freeSlot(nil) >= 0 {
+		// Refresh the view of stale replies before choosing; failing that, the last one does.
+		h.poll()
+	}
+	for len(h.queue) > 0 {
+		r := h.queue[0]
+		slot := h.freeSlot(&r.msg)
+		if slot < 0 {
+			if stale := h.freeSlot(nil); stale >= 0 && !h.cleaning() {
+				h.mbox.SetSlot(stale, CleanMessage)
+				h.slots[stale] = hostSlot{state: slotAcked}
+				h.dirty = true
+			}
+			return
+		}
+		h.queue = h.queue[1:]
+		h.mbox.SetSlot(slot, r.msg)
+		h.slots[slot] = hostSlot{state: slotRequested, req: r}
+		h.dirty = true
+		h.stats.requests.Add(1)
+		h.log.Debug().Int("slot", slot).Hex("request", r.msg[:]).Msg("extend request")
+	}
+}
+
+// freeSlot returns the first free slot whose reply mailbox does not answer msg
+// (any free slot for nil), or -1.
+func (h *Host) freeSlot(msg *Message) int {
+	for i := range h.slots {
+		if h.slots[i].state != slotFree {
+			continue
+		}
+		if out := h.outbox.Slot(i); msg == nil || !replyTo(&out, msg) {
+			return i
+		}
+	}
+	return -1
+}
+
+// cleaning reports whether a stale reply is being cleared already.
+func (h *Host) cleaning() bool {
+	for _, s := range h.slots {
+		if s.state == slotAcked && s.req == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// acking reports whether a slot waits for the SPM to echo its CLEAN.
+func (h *Host) acking() bool {
+	for _, s := range h.slots {
+		if s.state == slotAcked {
+			return true
+		}
+	}
+	return false
+}
+
+func (h *Host) inFlight() bool {
+	for _, s := range h.slots {
+		if s.state != slotFree {
+			return true
+		}
+	}
+	return false
+}
+
+// poll reads the reply mailbox and advances the handshake of every slot in flight.
+// After a failure, polls pause for a backoff that grows while the failures last.
+func (h *Host) poll() {
+	if err := h.readOutbox(); err != nil {
+		h.stats.ioErrors.Add(1)
+		wait := h.readWait.next()
+		h.readPause = time.Now().Add(wait)
+		h.log.Warn().Err(err).Dur("retry_in", wait).Msg("cannot read replies")
+		return
+	}
+	h.readWait.reset()
+	h.advance()
+}
+
+// advance moves each slot in flight along the handshake as the reply mailbox shows.
+func (h *Host) advance() {
+	for i := range h.slots {
+		s := &h.slots[i]
+		out := h.outbox.Slot(i)
+		switch s.state {
+		case slotRequested:
+			if replyTo(&out, &s.req.msg) && h.answer(i, s.req, out) {
+				h.mbox.SetSlot(i, CleanMessage)
+				s.state = slotAcked
+				h.dirty = true
+			}
+		case slotAcked:
+			if out == CleanMessage {
+				h.mbox.SetSlot(i, Message{})
+				*s = hostSlot{}
+				h.dirty = true
+			}
+		}
+	}
+}
+
+// answer delivers the reply out for the request in slot; false for a stale reply (a
+// smaller size than asked, from an earlier request for the same volume), which is left
+// alone until the real one replaces it.
+func (h *Host) answer(slot int, r *request, out Message) bool {
+	res := result{err: ErrExtendFailed}
+	e, err := DecodeExtend(out)
+	switch {
+	case err != nil:
+		h.log.Warn().Err(err).Int("slot", slot).Msg("malformed reply taken as failure")
+	case e.SizeMiB == 0:
+	case e.SizeMiB < r.size:
+		h.log.Debug().Int("slot", slot).Uint64("reply_mib", e.SizeMiB).Uint64("asked_mib", r.size).Msg("stale reply ignored")
+		return false
+	default:
+		res = result{granted: e.SizeMiB}
+	}
+	h.stats.replies.Add(1)
+	delete(h.byMsg, r.msg)
+	for _, w := range r.waiters {
+		w <- res
+	}
+	return true
+}
+
+func (h *Host) readOutbox() error {
+	h.stats.polls.Add(1)
+	if err := h.out.ReadAt(h.rbuf, blockOffset(h.id)); err != nil {
+		return err
+	}
+	h.outbox = Mailbox(h.rbuf)
+	return nil
+}
+
+// send writes the mailbox, then the events block, and wakes a co-located SPM.
+func (h *Host) send(now time.Time) {
+	if err := h.write(); err != nil {
+		h.stats.ioErrors.Add(1)
+		wait := h.sendWait.next()
+		h.retryAt = now.Add(wait)
+		h.log.Error().Err(err).Dur("retry_in", wait).Msg("cannot write the mailbox")
+		return
+	}
+	h.sendWait.reset()
+	h.dirty = false
+	h.lastSend = now
+}
+
+func (h *Host) write() error {
+	h.mbox.Seal()
+	copy(h.wbuf, h.mbox[:])
+	if err := h.in.WriteAt(h.wbuf, blockOffset(h.id)); err != nil {
+		return err
+	}
+	h.stats.writes.Add(1)
+	if wake := h.wake.Load(); wake != nil {
+		(*wake)(h.id)
+	}
+	var id EventID
+	for i := range 2 {
+		v := rand.Uint64()
+		for j := range 8 {
+			id[8*i+j] = byte(v >> (8 * j))
+		}
+	}
+	id[6] = id[6]&0x0f | 0x40 // a version 4 UUID, as vdsm writes
+	id[8] = id[8]&0x3f | 0x80
+	event := EncodeEvent(id)
+	copy(h.wbuf, event[:])
+	// A lost event only delays the SPM until its next full scan.
+	if err := h.in.WriteAt(h.wbuf, 0); err != nil {
+		h.log.Warn().Err(err).Msg("cannot write the events block")
+	}
+	return nil
+}
+
+// shutdown clears the mailbox (best effort) and fails whoever still waits.
+func (h *Host) shutdown() {
+	h.mbox = Mailbox{}
+	if err := h.write(); err != nil {
+		h.log.Warn().Err(err).Msg("cannot clear the mailbox on close")
+	}
+	h.failAll(ErrClosed)
+	h.log.Info().Msg("mailbox host stopped")
+}
+
+func (h *Host) failQueued(err error) {
+	for _, r := range h.queue {
+		delete(h.byMsg, r.msg)
+		for _, w := range r.waiters {
+			w <- result{err: err}
+		}
+	}
+	h.queue = nil
+}
+
+func (h *Host) failAll(err error) {
+	h.failQueued(err)
+	for i := range h.slots {
+		if r := h.slots[i].req; r != nil && h.slots[i].state == slotRequested {
+			for _, w := range r.waiters {
+				w <- result{err: err}
+			}
+			r.waiters = nil
+		}
+	}
+	h.mu.Lock()
+	calls := h.calls
+	h.calls = nil
+	h.mu.Unlock()
+	for _, c := range calls {
+		c.res <- result{err: err}
+	}
+}
