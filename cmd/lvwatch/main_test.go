@@ -1,0 +1,265 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lvwatch/lvwatch/internal/loopdev"
+	"github.com/lvwatch/lvwatch/internal/mailbox"
+	"github.com/lvwatch/lvwatch/internal/testutil"
+	"golang.org/x/sys/unix"
+)
+
+// lvwatchBin is the command built once for these tests: they run it as users do.
+var lvwatchBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "lvwatch-cmd-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	lvwatchBin = filepath.Join(dir, "lvwatch")
+	if out, err := exec.Command("go", "build", "-o", lvwatchBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build lvwatch: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// lvwatch runs the command to completion and returns its stdout, stderr and exit code.
+func lvwatch(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errOut strings.Builder
+	cmd := exec.Command(lvwatchBin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	if err != nil && cmd.ProcessState == nil {
+		t.Fatalf("run lvwatch %v: %v", args, err)
+	}
+	return out.String(), errOut.String(), cmd.ProcessState.ExitCode()
+}
+
+func TestUsageAndExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{nil, 2},
+		{[]string{"no-such-command"}, 2},
+		{[]string{"version"}, 0},
+		{[]string{"watch", "-h"}, 0},
+		{[]string{"watch", "/dev/null"}, 2},
+		{[]string{"watch", "--threshold", "12 parsecs", "/dev/null"}, 2},
+		{[]string{"watch", "--threshold", "1MiB", "/dev/null"}, 1}, // not a block device
+		{[]string{"refresh", "novg"}, 2},
+		{[]string{"mailbox"}, 2},
+		{[]string{"mailbox", "dump"}, 2},
+		{[]string{"extend", "--inbox", "a", "--outbox", "b", "--host-id", "250"}, 2},
+	} {
+		_, stderr, code := lvwatch(t, tc.args...)
+		if code != tc.code {
+			t.Errorf("lvwatch %q: exit %d, want %d; stderr:\n%s", tc.args, code, tc.code, stderr)
+		}
+	}
+	if out, _, _ := lvwatch(t, "version"); !strings.HasPrefix(out, "lvwatch ") {
+		t.Errorf("version printed %q", out)
+	}
+}
+
+// requireRootBPF skips without root: the watcher needs it.
+func requireRootBPF(t *testing.T) {
+	t.Helper()
+	testutil.RequireRoot(t)
+	testutil.RequireFile(t, "/dev/loop-control", "loop devices")
+}
+
+func pinDir(t *testing.T) string {
+	return fmt.Sprintf("/sys/fs/bpf/lvwatch-cmd-test-%d-%s", os.Getpid(), t.Name())
+}
+
+func TestWatchCommand(t *testing.T) {
+	requireRootBPF(t)
+	dev, err := loopdev.NewSparse("", 16<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	pins := pinDir(t)
+	cmd := exec.Command(lvwatchBin, "watch", "--threshold", "1MiB", "--rearm", "--unpin", "--pin-dir", pins, dev.Path)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	logs := bufio.NewScanner(stderr)
+	if !logs.Scan() || !strings.Contains(logs.Text(), `"message":"armed"`) {
+		t.Fatalf("first log line %q, want the armed message", logs.Text())
+	}
+	go func() { // keep stderr drained
+		for logs.Scan() {
+		}
+	}()
+
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	for i, offset := range []int64{1 << 20, 2 << 20} { // the second crossing needs --rearm
+		writeDirect(t, dev.Path, offset)
+		var rec eventRecord
+		select {
+		case line := <-lines:
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				t.Fatalf("event line %q: %v", line, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("crossing %d: no event line within 10s", i)
+		}
+		if rec.Device != dev.Path || rec.Offset != uint64(offset) || rec.Length != 4096 || rec.Threshold != 1<<20 ||
+			rec.Dev != fmt.Sprintf("%d:%d", dev.Major, dev.Minor) || rec.PID != uint32(os.Getpid()) {
+			t.Errorf("crossing %d: event %+v", i, rec)
+		}
+	}
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("watch after SIGTERM: %v, want exit 0", err)
+	}
+	if _, err := os.Stat(pins); !os.IsNotExist(err) {
+		t.Errorf("--unpin left %s: %v", pins, err)
+	}
+}
+
+// writeDirect writes 4 KiB at offset of path with O_DIRECT.
+func writeDirect(t *testing.T, path string, offset int64) {
+	t.Helper()
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE) // page-aligned
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(buf)
+	if _, err := unix.Pwrite(fd, buf, offset); err != nil {
+		t.Fatalf("write %s at %d: %v", path, offset, err)
+	}
+}
+
+func TestDemoCommand(t *testing.T) {
+	requireRootBPF(t)
+	stdout, stderr, code := lvwatch(t, "demo", "--pin-dir", pinDir(t))
+	if code != 0 {
+		t.Fatalf("demo: exit %d\n%s", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	if len(lines) != 7 { // 256 MiB in 32 MiB chunks: thresholds at 32..224 MiB
+		t.Fatalf("demo printed %d event lines, want 7:\n%s", len(lines), stdout)
+	}
+	for i, line := range lines {
+		var rec eventRecord
+		if err := json.Unmarshal([]byte(line), &rec); err != nil || rec.Comm != "dd" || rec.Offset != uint64(i+1)*32<<20 {
+			t.Errorf("line %d: %q (%v)", i, line, err)
+		}
+	}
+}
+
+func TestMailboxCommands(t *testing.T) {
+	dir := t.TempDir()
+	inbox, outbox := filepath.Join(dir, "inbox"), filepath.Join(dir, "outbox")
+	if _, stderr, code := lvwatch(t, "mailbox", "init", "--inbox", inbox, "--outbox", outbox); code == 0 {
+		t.Errorf("init of missing files without --create succeeded")
+	} else if !strings.Contains(stderr, "--create") {
+		t.Errorf("init of missing files: %s", stderr)
+	}
+	if _, stderr, code := lvwatch(t, "mailbox", "init", "--create", "--inbox", inbox, "--outbox", outbox); code != 0 {
+		t.Fatalf("init: exit %d\n%s", code, stderr)
+	}
+	const domain, volume = "8adbc85e-e554-4ae0-b318-8a5465fe5fe1", "d772f1c6-3ebb-43c3-a42e-73fcd8255a5f"
+	extend := []string{"extend", "--inbox", inbox, "--outbox", outbox, "--host-id", "7", "--domain", domain, "--volume", volume, "--size-mib", "5120"}
+
+	// No SPM: the request times out and is withdrawn.
+	if _, stderr, code := lvwatch(t, append(extend, "--timeout", "300ms")...); code != 1 || !strings.Contains(stderr, "no reply") {
+		t.Errorf("extend with no SPM: exit %d, want 1\n%s", code, stderr)
+	}
+
+	// dump decodes what vdsm wrote, and flags a mailbox whose checksum fails.
+	request, err := os.ReadFile("../../../shared/testdata/vdsm-mailbox/host7-request-mailbox.bin")
+	if err != nil {
+		t.Fatalf("vdsm's reference bytes (../shared beside the checkout): %v", err)
+	}
+	corrupt := append([]byte(nil), request...)
+	corrupt[40]++ // inside the size field
+	f, err := os.OpenFile(inbox, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err1 := f.WriteAt(request, 7*4096)
+	_, err2 := f.WriteAt(corrupt, 8*4096)
+	f.Close()
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	stdout, stderr, code := lvwatch(t, "mailbox", "dump", "--json", "--inbox", inbox, "--outbox", outbox)
+	if code != 0 {
+		t.Fatalf("dump: exit %d\n%s", code, stderr)
+	}
+	var snap mailbox.Snapshot
+	if err := json.Unmarshal([]byte(stdout), &snap); err != nil {
+		t.Fatalf("dump --json: %v\n%s", err, stdout)
+	}
+	checks := map[int]bool{}
+	for _, mb := range snap.Mailboxes {
+		if mb.Box != "inbox" || mb.ChecksumOK == nil || len(mb.Slots) != 1 {
+			t.Errorf("dump: %+v", mb)
+			continue
+		}
+		checks[mb.HostID] = *mb.ChecksumOK
+		if sl := mb.Slots[0]; mb.HostID == 7 && (sl.Kind != "extend" || sl.Domain != domain || sl.Volume != volume || sl.SizeMiB != 5120) {
+			t.Errorf("dump of vdsm's request: %+v", sl)
+		}
+	}
+	if len(checks) != 2 || !checks[7] || checks[8] {
+		t.Errorf("checksum_ok by host: %v, want 7 good and 8 bad\n%s", checks, stdout)
+	}
+	if _, stderr, code := lvwatch(t, "mailbox", "init", "--inbox", inbox, "--outbox", outbox); code != 0 {
+		t.Fatalf("init: exit %d\n%s", code, stderr)
+	}
+
+	// An SPM (the mailbox's own, with a handler that grants) answers.
+	spm, err := mailbox.OpenSPM(mailbox.SPMConfig{Inbox: inbox, Outbox: outbox,
+		Handler: mailbox.HandlerFunc(func(_ context.Context, req mailbox.Request) (uint64, error) { return req.SizeMiB, nil })})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spm.Close()
+	stdout, stderr, code = lvwatch(t, append(extend, "--timeout", "30s")...)
+	if code != 0 || !strings.Contains(stdout, "granted") || !strings.Contains(stdout, "size 5120 MiB") {
+		t.Errorf("extend: exit %d, stdout %q\nstderr:\n%s", code, stdout, stderr)
+	}
+}
