@@ -67,20 +67,6 @@ func activate(t *testing.T, c *dm.Control, id dm.DeviceID, table []dm.Target) {
 	}
 }
 
-func blockSize(t *testing.T, path string) uint64 {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	n, err := unix.IoctlGetUint64(int(f.Fd()), unix.BLKGETSIZE64)
-	if err != nil {
-		t.Fatalf("BLKGETSIZE64 %s: %v", path, err)
-	}
-	return n
-}
-
 func TestVersion(t *testing.T) {
 	c := dmtest.Control(t)
 	v, err := c.Version()
@@ -152,7 +138,7 @@ func TestLifecycle(t *testing.T) {
 	if len(status) != 1 || status[0].Type != "linear" || status[0].Length != 2048 {
 		t.Errorf("status %+v, want one linear target of 2048 sectors", status)
 	}
-	if n := blockSize(t, info.BlockDevice()); n != 2048*512 {
+	if n := dmtest.BlockSize(t, info.BlockDevice()); n != 2048*512 {
 		t.Errorf("%s is %d bytes, want %d", info.BlockDevice(), n, 2048*512)
 	}
 
@@ -210,7 +196,7 @@ func TestSwap(t *testing.T) {
 	if !slices.Equal(live, grown) {
 		t.Errorf("after resume: live %+v, want %+v", live, grown)
 	}
-	if n, want := blockSize(t, info.BlockDevice()), dm.TableSectors(grown)*512; n != want {
+	if n, want := dmtest.BlockSize(t, info.BlockDevice()), dm.TableSectors(grown)*512; n != want {
 		t.Errorf("%s is %d bytes, want %d", info.BlockDevice(), n, want)
 	}
 }

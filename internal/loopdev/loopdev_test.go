@@ -1,11 +1,10 @@
 package loopdev
 
 import (
-	"os"
 	"testing"
 
+	"github.com/lvwatch/lvwatch/internal/blockdev"
 	"github.com/lvwatch/lvwatch/internal/testutil"
-	"golang.org/x/sys/unix"
 )
 
 func TestNewSparse(t *testing.T) {
@@ -15,12 +14,7 @@ func TestNewSparse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.Open(dev.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	size, err := unix.IoctlGetUint64(int(f.Fd()), unix.BLKGETSIZE64)
-	f.Close()
+	size, err := blockdev.Size(dev.Path)
 	if err != nil || size != 8<<20 {
 		t.Errorf("%s size = %d, %v; want %d", dev.Path, size, err, 8<<20)
 	}

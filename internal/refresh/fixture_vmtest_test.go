@@ -81,20 +81,6 @@ func (f *fixture) dmsetupTable(t testing.TB, lv string) string {
 	return string(out)
 }
 
-func blockSize(t testing.TB, path string) uint64 {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	n, err := unix.IoctlGetUint64(int(f.Fd()), unix.BLKGETSIZE64)
-	if err != nil {
-		t.Fatalf("BLKGETSIZE64 %s: %v", path, err)
-	}
-	return n
-}
-
 // lvwatchBin is the lvwatch binary the harness built.
 func lvwatchBin(t testing.TB) string {
 	t.Helper()
@@ -200,7 +186,7 @@ func writeAtEnd(t testing.TB, path string) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	size := blockSize(t, path)
+	size := dmtest.BlockSize(t, path)
 	buf, back := alignedBlock(t), alignedBlock(t)
 	last := size/blockSizeIO - 1
 	stamp(buf, last, 42)

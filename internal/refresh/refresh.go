@@ -8,14 +8,13 @@ package refresh
 import (
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
-	"golang.org/x/sys/unix"
 
+	"github.com/lvwatch/lvwatch/internal/blockdev"
 	"github.com/lvwatch/lvwatch/internal/dm"
 	"github.com/lvwatch/lvwatch/internal/lvm"
 )
@@ -120,7 +119,7 @@ func (r *Refresher) Refresh(vgName, lvName string, devices []string) (Result, er
 	}
 	res.Swap = time.Since(swapStart)
 	res.Changed = true
-	size, err := blockDeviceSize(res.Device)
+	size, err := blockdev.Size(res.Device)
 	if err != nil {
 		return res, fmt.Errorf("%s/%s: check the new size: %w", vgName, lvName, err)
 	}
@@ -194,20 +193,6 @@ func extends(live, want []dm.Target) bool {
 		}
 	}
 	return true
-}
-
-// blockDeviceSize asks the kernel for a block device's size in bytes.
-func blockDeviceSize(path string) (uint64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	n, err := unix.IoctlGetUint64(int(f.Fd()), unix.BLKGETSIZE64)
-	if err != nil {
-		return 0, fmt.Errorf("BLKGETSIZE64 %s: %w", path, err)
-	}
-	return n, nil
 }
 
 // oneLine formats a table as dmsetup does, with "; " between targets.

@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/lvwatch/lvwatch/internal/dm"
+	"github.com/lvwatch/lvwatch/internal/dm/dmtest"
 	"github.com/lvwatch/lvwatch/internal/latency"
 	"github.com/lvwatch/lvwatch/internal/refresh"
 )
@@ -29,7 +30,7 @@ func TestCLIAfterExtendByAnotherHost(t *testing.T) {
 	w := startWriter(t, f.device("disk"), 4096)
 
 	f.resizeMetadataOnly(t, "lvextend", "disk", "+64m")
-	if n := blockSize(t, f.device("disk")); n != 64<<20 {
+	if n := dmtest.BlockSize(t, f.device("disk")); n != 64<<20 {
 		t.Fatalf("before the refresh the LV is %d bytes, want the old 64 MiB", n)
 	}
 	out := run(t, bin, "refresh", f.vg+"/disk")
@@ -40,7 +41,7 @@ func TestCLIAfterExtendByAnotherHost(t *testing.T) {
 	w.stopAndVerify(t)
 
 	ours := f.dmsetupTable(t, "disk")
-	if n := blockSize(t, f.device("disk")); n != 128<<20 {
+	if n := dmtest.BlockSize(t, f.device("disk")); n != 128<<20 {
 		t.Errorf("after the refresh the LV is %d bytes, want 128 MiB", n)
 	}
 	writeAtEnd(t, f.device("disk"))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/lvwatch/lvwatch/internal/blockdev"
 	"github.com/lvwatch/lvwatch/internal/dm"
 	"github.com/lvwatch/lvwatch/internal/testutil"
 	"golang.org/x/sys/unix"
@@ -26,4 +27,14 @@ func Control(t testing.TB) *dm.Control {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// BlockSize returns the kernel's size of the block device at path, failing the test on error.
+func BlockSize(t testing.TB, path string) uint64 {
+	t.Helper()
+	n, err := blockdev.Size(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
