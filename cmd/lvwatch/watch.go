@@ -87,9 +87,10 @@ func runWatch(ctx context.Context, args []string) error {
 	return errors.Join(err, w.Close())
 }
 
-// printEvents prints each event as a JSON line and calls after for it, until ctx
-// ends, which is a clean exit once the events already read are printed.
-func printEvents(ctx context.Context, w *watch.Watcher, out io.Writer, paths map[watch.Dev]string, after func(watch.Event) error) error {
+// printEvents calls handle for each event and then prints it as a JSON line (so a
+// printed event has been handled: with --rearm, the device is armed again), until
+// ctx ends, which is a clean exit once the events already read are printed.
+func printEvents(ctx context.Context, w *watch.Watcher, out io.Writer, paths map[watch.Dev]string, handle func(watch.Event) error) error {
 	enc := json.NewEncoder(out) // one Write per line, and stdout is not buffered
 	for {
 		ev, err := w.Read(ctx)
@@ -99,11 +100,11 @@ func printEvents(ctx context.Context, w *watch.Watcher, out io.Writer, paths map
 		if err != nil {
 			return err
 		}
+		if err := handle(ev); err != nil {
+			return err
+		}
 		if err := enc.Encode(newEventRecord(ev, paths)); err != nil {
 			return fmt.Errorf("print event: %w", err)
-		}
-		if err := after(ev); err != nil {
-			return err
 		}
 	}
 }
