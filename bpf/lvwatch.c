@@ -71,22 +71,27 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lvw_armed SEC(".maps");
 
-// A bitmap over hashed device numbers with the bits of every watched device set:
-// most bios (other devices, and the disks below each LV) are dismissed with one
-// read of a hot cache line instead of a hash table walk. Bits of devices no longer
-// watched may stay set; they only cost that device the hash lookup.
-#define LVW_FILTER_BITS 4096
-struct lvw_bitmap {
-	__u64 bits[LVW_FILTER_BITS / 64];
+// The gate: for each hashed device number, one watched device and a lower bound of
+// its threshold, in one 64-bit word that the agent stores atomically through mmap.
+// A bio on that device that ends below the bound is dismissed with one load, and a
+// bio on a device whose slot is empty is not watched; only the rest (writes near or
+// past a threshold, devices that share a slot) look up lvw_watch. The agent keeps
+// two rules: a slot is empty only when no watched device hashes to it, and a bound
+// is never above its device's threshold.
+#define LVW_GATE_SLOTS 4096
+struct lvw_slot {
+	__u32 dev;   // dev_t, 0 when empty (no block device is 0:0)
+	__u32 bound; // 4 KiB units
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, LVW_GATE_SLOTS);
 	__type(key, __u32);
-	__type(value, struct lvw_bitmap);
+	__type(value, struct lvw_slot);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} lvw_filter SEC(".maps");
+} lvw_gate SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -115,24 +120,32 @@ static __always_inline int lvw_is_write(char c0, char c1, __u32 nr_sector)
 
 static __always_inline void lvw_bio(__u32 dev, __u64 sector, __u32 nr_sector, char c0, char c1)
 {
+	// The same fold of dev_t as gateSlot in Go: the minor's low bits stay apart.
+	__u32 slot = (dev ^ (dev >> 12)) & (LVW_GATE_SLOTS - 1);
+	struct lvw_slot *gate = bpf_map_lookup_elem(&lvw_gate, &slot);
+	if (!gate)
+		return;
+	__u64 word = *(volatile __u64 *)gate; // dev and bound from one store
+	__u32 gate_dev = word;
+	if (!gate_dev)
+		return;
+
 	__u32 zero = 0;
-	struct lvw_bitmap *filter = bpf_map_lookup_elem(&lvw_filter, &zero);
-	if (!filter)
-		return;
-	// The same fold of dev_t as filterBit in Go; the minor's low bits stay apart.
-	__u32 bit = (dev ^ (dev >> 12)) & (LVW_FILTER_BITS - 1);
-	if (!(filter->bits[bit / 64] & (1ULL << (bit % 64))))
-		return;
+	struct lvw_counters *cnt = bpf_map_lookup_elem(&lvw_stats, &zero);
+	__u64 end = sector + nr_sector;
+	if (gate_dev == dev) {
+		if (cnt)
+			cnt->bios++;
+		if (end <= (word >> 32) * 8)
+			return;
+	}
 
 	struct lvw_arm *arm = bpf_map_lookup_elem(&lvw_watch, &dev);
 	if (!arm)
 		return;
-
-	struct lvw_counters *cnt = bpf_map_lookup_elem(&lvw_stats, &zero);
-	if (cnt)
+	if (cnt && gate_dev != dev)
 		cnt->bios++;
-
-	if (!lvw_is_write(c0, c1, nr_sector) || sector + nr_sector <= arm->threshold)
+	if (!lvw_is_write(c0, c1, nr_sector) || end <= arm->threshold)
 		return;
 	__u64 cookie = arm->cookie;
 	__u64 threshold = arm->threshold;

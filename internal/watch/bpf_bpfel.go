@@ -19,11 +19,6 @@ type bpfLvwArm struct {
 	Cookie    uint64
 }
 
-type bpfLvwBitmap struct {
-	_    structs.HostLayout
-	Bits [64]uint64
-}
-
 type bpfLvwCounters struct {
 	_         structs.HostLayout
 	Bios      uint64
@@ -44,13 +39,19 @@ type bpfLvwEvent struct {
 	Comm      [16]int8
 }
 
+type bpfLvwSlot struct {
+	_     structs.HostLayout
+	Dev   uint32
+	Bound uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapLvwArmed       = "lvw_armed"
 	bpfMapLvwEvents      = "lvw_events"
-	bpfMapLvwFilter      = "lvw_filter"
+	bpfMapLvwGate        = "lvw_gate"
 	bpfMapLvwStats       = "lvw_stats"
 	bpfMapLvwWatch       = "lvw_watch"
 	bpfProgLvwBioQueue   = "lvw_bio_queue"
@@ -110,7 +111,7 @@ type bpfProgramSpecs struct {
 type bpfMapSpecs struct {
 	LvwArmed  *ebpf.MapSpec `ebpf:"lvw_armed"`
 	LvwEvents *ebpf.MapSpec `ebpf:"lvw_events"`
-	LvwFilter *ebpf.MapSpec `ebpf:"lvw_filter"`
+	LvwGate   *ebpf.MapSpec `ebpf:"lvw_gate"`
 	LvwStats  *ebpf.MapSpec `ebpf:"lvw_stats"`
 	LvwWatch  *ebpf.MapSpec `ebpf:"lvw_watch"`
 }
@@ -144,7 +145,7 @@ func (o *bpfObjects) Close() error {
 type bpfMaps struct {
 	LvwArmed  *ebpf.Map `ebpf:"lvw_armed"`
 	LvwEvents *ebpf.Map `ebpf:"lvw_events"`
-	LvwFilter *ebpf.Map `ebpf:"lvw_filter"`
+	LvwGate   *ebpf.Map `ebpf:"lvw_gate"`
 	LvwStats  *ebpf.Map `ebpf:"lvw_stats"`
 	LvwWatch  *ebpf.Map `ebpf:"lvw_watch"`
 }
@@ -153,7 +154,7 @@ func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.LvwArmed,
 		m.LvwEvents,
-		m.LvwFilter,
+		m.LvwGate,
 		m.LvwStats,
 		m.LvwWatch,
 	)

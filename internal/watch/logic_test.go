@@ -140,6 +140,55 @@ func TestLogicOneEventPerArming(t *testing.T) {
 	}
 }
 
+// Devices that share a gate slot: the one that does not own it takes the exact
+// path, and when the owner goes the slot passes to it rather than emptying.
+func TestLogicSharedGateSlot(t *testing.T) {
+	w := openWatcher(t)
+	r := bioRunner{t, loadTestProgram(t, w)}
+	owner, sharer := Dev{Major: 4000, Minor: 7}, Dev{Major: 4016, Minor: 7} // same fold
+	if w.gate.slotOf(owner.kernel()) != w.gate.slotOf(sharer.kernel()) {
+		t.Fatal("test devices do not share a slot")
+	}
+	// An unaligned threshold: the gate's 4 KiB bound sits below it, the exact
+	// check decides.
+	const threshold = 1001 * 512
+	for _, d := range []Dev{owner, sharer} {
+		if _, err := w.Arm(d, threshold); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !w.gate.owns(owner.kernel()) || w.gate.owns(sharer.kernel()) {
+		t.Fatal("first armed device does not own the slot")
+	}
+	for _, d := range []Dev{owner, sharer} {
+		r.bio(d, 993, 8, "W") // ends exactly at the threshold
+		wantEvents(t, w, 0, d.String()+" at the threshold")
+		r.bio(d, 994, 8, "W")
+		wantEvents(t, w, 1, d.String()+" one sector past")
+	}
+	if _, err := w.Arm(sharer, threshold); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Disarm(owner); err != nil {
+		t.Fatal(err)
+	}
+	if !w.gate.owns(sharer.kernel()) {
+		t.Fatal("the slot did not pass to the remaining device")
+	}
+	r.bio(sharer, 2000, 8, "W")
+	wantEvents(t, w, 1, "remaining device after the owner left")
+	if _, err := w.Disarm(sharer); err != nil {
+		t.Fatal(err)
+	}
+	if got := *w.gate.slotOf(sharer.kernel()); got != 0 {
+		t.Errorf("slot %#x after the last device left, want empty", got)
+	}
+	c, _ := w.Counters()
+	if c.Bios != 5 {
+		t.Errorf("counted %d bios on watched devices, want 5", c.Bios)
+	}
+}
+
 // A crossing that finds the ring full is not lost: the device stays armed and the
 // next write past the threshold reports it.
 func TestLogicFullRingKeepsArmed(t *testing.T) {

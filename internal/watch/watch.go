@@ -71,7 +71,7 @@ type objects struct {
 	Armed  *ebpf.Map     `ebpf:"lvw_armed"`
 	Events *ebpf.Map     `ebpf:"lvw_events"`
 	Stats  *ebpf.Map     `ebpf:"lvw_stats"`
-	Filter *ebpf.Map     `ebpf:"lvw_filter"`
+	Gate   *ebpf.Map     `ebpf:"lvw_gate"`
 }
 
 // Watcher owns the loaded watcher. Arm, Disarm and Counters may be called from
@@ -80,6 +80,7 @@ type Watcher struct {
 	objs   objects
 	link   link.Link
 	events *ringbuf.Reader
+	gate   *gate
 	lock   *os.File // the pin directory, flocked while this Watcher lives
 	pinDir string
 	mu     sync.Mutex // serialises Arm and Disarm, whose map updates go together
@@ -119,6 +120,9 @@ func Open(opts Options) (_ *Watcher, err error) {
 		return nil, fmt.Errorf("load BPF objects: %w", err)
 	}
 	if err := w.attach(); err != nil {
+		return nil, err
+	}
+	if w.gate, err = mapGate(w.objs.Gate); err != nil {
 		return nil, err
 	}
 	if w.events, err = ringbuf.NewReader(w.objs.Events); err != nil {
@@ -215,11 +219,9 @@ func (w *Watcher) Arm(dev Dev, threshold uint64) (uint64, error) {
 
 	w.cookie++
 	cookie := w.cookie
-	// Filter bit, then cookie, then threshold: the program looks at them in that
-	// order, so the arming takes effect whole once the threshold is in.
-	if err := w.updateFilter(func(f *bpfLvwBitmap) error { f.set(k); return nil }); err != nil {
-		return 0, fmt.Errorf("arm %s: %w", dev, err)
-	}
+	// Gate, then cookie, then threshold: in every state between, the gate's bound
+	// is at or below every threshold the program can see for k.
+	owner := w.gate.claim(k, threshold)
 	if err := w.objs.Armed.Update(cookie, k, ebpf.UpdateNoExist); err != nil {
 		return 0, fmt.Errorf("arm %s: %w", dev, mapFull(err))
 	}
@@ -227,6 +229,9 @@ func (w *Watcher) Arm(dev Dev, threshold uint64) (uint64, error) {
 	if err := w.objs.Watch.Update(k, arm, ebpf.UpdateAny); err != nil {
 		w.objs.Armed.Delete(cookie)
 		return 0, fmt.Errorf("arm %s: %w", dev, mapFull(err))
+	}
+	if owner {
+		w.gate.set(k, threshold)
 	}
 	if hadOld {
 		if err := w.objs.Armed.Delete(old.Cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -260,50 +265,32 @@ func (w *Watcher) Disarm(dev Dev) (bool, error) {
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return false, fmt.Errorf("disarm %s: %w", dev, err)
 	}
-	if err := w.rebuildFilter(); err != nil {
-		return armed, fmt.Errorf("disarm %s: %w", dev, err)
+	if w.gate.owns(k) {
+		// The slot may be emptied only if no watched device hashes to it.
+		next, threshold, err := w.sharingSlot(k)
+		if err != nil {
+			return armed, fmt.Errorf("disarm %s: %w", dev, err)
+		}
+		w.gate.handOver(k, next, threshold)
 	}
 	return armed, nil
 }
 
-// filterBit is the lvw_filter bit of a kernel dev_t, as the program computes it.
-func filterBit(k uint32) uint32 { return (k ^ k>>12) % (64 * uint32(len(bpfLvwBitmap{}.Bits))) }
-
-func (f *bpfLvwBitmap) set(k uint32) { f.Bits[filterBit(k)/64] |= 1 << (filterBit(k) % 64) }
-
-// updateFilter applies change to the filter bitmap. The program may read the value
-// while it is rewritten, but every word other than the changed bits stays the
-// same, so no watched device is ever dismissed.
-func (w *Watcher) updateFilter(change func(*bpfLvwBitmap) error) error {
-	var f bpfLvwBitmap
-	if err := w.objs.Filter.Lookup(uint32(0), &f); err != nil {
-		return fmt.Errorf("read lvw_filter: %w", err)
-	}
-	if err := change(&f); err != nil {
-		return err
-	}
-	if err := w.objs.Filter.Update(uint32(0), &f, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("update lvw_filter: %w", err)
-	}
-	return nil
-}
-
-// rebuildFilter clears the bits of devices no longer watched (unless they share
-// a bit with a watched one).
-func (w *Watcher) rebuildFilter() error {
-	return w.updateFilter(func(f *bpfLvwBitmap) error {
-		*f = bpfLvwBitmap{}
-		var dev uint32
-		var arm bpfLvwArm
-		it := w.objs.Watch.Iterate()
-		for it.Next(&dev, &arm) {
-			f.set(dev)
+// sharingSlot finds a watched device other than k that hashes to k's gate slot,
+// with its threshold in bytes, or 0.
+func (w *Watcher) sharingSlot(k uint32) (uint32, uint64, error) {
+	var dev uint32
+	var arm bpfLvwArm
+	it := w.objs.Watch.Iterate()
+	for it.Next(&dev, &arm) {
+		if dev != k && w.gate.slotOf(dev) == w.gate.slotOf(k) {
+			return dev, arm.Threshold * sectorSize, nil
 		}
-		if err := it.Err(); err != nil {
-			return fmt.Errorf("read lvw_watch: %w", err)
-		}
-		return nil
-	})
+	}
+	if err := it.Err(); err != nil {
+		return 0, 0, fmt.Errorf("read lvw_watch: %w", err)
+	}
+	return 0, 0, nil
 }
 
 // Read blocks until the next crossing and returns it. When ctx ends it returns
@@ -386,7 +373,7 @@ func (w *Watcher) Close() error {
 	}
 	// Close is nil-safe on programs and maps, so a half-done Open cleans up here too.
 	errs = append(errs, w.objs.Prog.Close(), w.objs.Watch.Close(), w.objs.Armed.Close(),
-		w.objs.Events.Close(), w.objs.Stats.Close(), w.objs.Filter.Close())
+		w.objs.Events.Close(), w.objs.Stats.Close(), w.objs.Gate.Close(), w.gate.close())
 	if w.lock != nil {
 		errs = append(errs, w.lock.Close()) // closing drops the flock
 	}
@@ -399,7 +386,7 @@ func (w *Watcher) CloseAndUnpin() error {
 	if w.link != nil {
 		errs = append(errs, w.link.Unpin())
 	}
-	for _, m := range []*ebpf.Map{w.objs.Watch, w.objs.Armed, w.objs.Events, w.objs.Stats, w.objs.Filter} {
+	for _, m := range []*ebpf.Map{w.objs.Watch, w.objs.Armed, w.objs.Events, w.objs.Stats, w.objs.Gate} {
 		if m != nil {
 			errs = append(errs, m.Unpin())
 		}
