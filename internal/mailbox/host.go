@@ -12,7 +12,7 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// HostConfig configures a Host. Zero durations take the defaults.
+// HostConfig configures a Host. Zero or negative durations take the defaults.
 type HostConfig struct {
 	Inbox, Outbox string // paths of the volumes (the host writes the inbox, reads the outbox)
 	HostID        int    // 1..249

@@ -459,3 +459,35 @@ func setReadOnly(t *testing.T, dev string, ro bool) {
 		t.Fatal(err)
 	}
 }
+
+// A HandlerFunc that returns a size Grant refuses (less than asked, no error) must still
+// answer: the host gets a failure, not a request that is never answered.
+func TestHandlerFuncBadSizeAnswersFailure(t *testing.T) {
+	inbox, outbox := testVolumes(t)
+	s := fastSPM(t, inbox, outbox, HandlerFunc(func(_ context.Context, req Request) (uint64, error) {
+		return req.SizeMiB - 1, nil
+	}))
+	h := openTestHost(t, inbox, outbox, 13)
+	s.AddLocal(h)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	if _, err := h.Extend(ctx, refDomain, refVolume, 100); !errors.Is(err, ErrExtendFailed) {
+		t.Fatalf("Extend = %v, want ErrExtendFailed", err)
+	}
+}
+
+// Negative durations take the defaults like zero ones, instead of scanning without pause.
+func TestNegativeIntervalsTakeDefaults(t *testing.T) {
+	inbox, outbox := testVolumes(t)
+	s, err := OpenSPM(SPMConfig{Inbox: inbox, Outbox: outbox, Handler: &recorder{}, Log: testLog(t),
+		EventPollMin: -time.Millisecond, EventPollMax: -time.Millisecond, ScanInterval: -time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	time.Sleep(300 * time.Millisecond)
+	// The defaults allow one full scan (at start) and a few event reads in this time.
+	if st := s.Stats(); st.FullScans > 10 || st.EventReads > 1000 {
+		t.Errorf("idle SPM with negative intervals: %+v", st)
+	}
+}

@@ -31,18 +31,21 @@ type Handler interface {
 }
 
 // HandlerFunc adapts a synchronous function to Handler, running each call in its own
-// goroutine: an error answers failure, otherwise the size returned is granted.
+// goroutine: an error, or a size Grant refuses, answers failure; otherwise the size
+// returned is granted.
 type HandlerFunc func(ctx context.Context, req Request) (grantedMiB uint64, err error)
 
 // HandleExtend implements Handler.
 func (f HandlerFunc) HandleExtend(ctx context.Context, req Request, reply *Reply) {
 	go func() {
 		size, err := f(ctx, req)
-		if err != nil {
-			reply.Fail(err)
-			return
+		if err == nil {
+			// A size Grant refuses must still answer, or the host waits forever.
+			if err = reply.Grant(size); err == nil {
+				return
+			}
 		}
-		reply.Grant(size)
+		reply.Fail(err)
 	}()
 }
 
@@ -91,7 +94,7 @@ type answer struct {
 	reason     error
 }
 
-// SPMConfig configures an SPM. Zero durations take the defaults.
+// SPMConfig configures an SPM. Zero or negative durations take the defaults.
 type SPMConfig struct {
 	Inbox, Outbox string // paths of the volumes (the SPM reads the inbox, writes the outbox)
 	Handler       Handler
@@ -226,9 +229,10 @@ func OpenSPM(cfg SPMConfig) (*SPM, error) {
 	return s, nil
 }
 
-// orDefault returns v, or def when v is zero.
+// orDefault returns v, or def when v is not positive (a negative interval would poll
+// without pause).
 func orDefault(v, def time.Duration) time.Duration {
-	if v == 0 {
+	if v <= 0 {
 		return def
 	}
 	return v
