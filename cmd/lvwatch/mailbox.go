@@ -81,7 +81,7 @@ func runMailboxDump(_ context.Context, args []string) error {
 	}
 	var data [2][]byte
 	for i, path := range []string{*inbox, *outbox} {
-		v, err := mailbox.OpenVolume(path, false)
+		v, err := mailbox.OpenVolumeReadOnly(path)
 		if err != nil {
 			return err
 		}

@@ -263,3 +263,29 @@ func TestMailboxCommands(t *testing.T) {
 		t.Errorf("extend: exit %d, stdout %q\nstderr:\n%s", code, stdout, stderr)
 	}
 }
+
+// dump only looks: it works on volumes this host may not write.
+func TestMailboxDumpReadOnly(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=4m"); err != nil {
+		t.Fatalf("mount tmpfs: %v", err)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	inbox, outbox := filepath.Join(dir, "inbox"), filepath.Join(dir, "outbox")
+	if _, stderr, code := lvwatch(t, "mailbox", "init", "--create", "--inbox", inbox, "--outbox", outbox); code != 0 {
+		if strings.Contains(stderr, "O_DIRECT refused") {
+			testutil.SkipOrFail(t, "tmpfs refuses O_DIRECT on this kernel")
+		}
+		t.Fatalf("init: exit %d\n%s", code, stderr)
+	}
+	if err := unix.Mount("", dir, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		t.Fatalf("remount read-only: %v", err)
+	}
+	if _, stderr, code := lvwatch(t, "mailbox", "init", "--inbox", inbox, "--outbox", outbox); code == 0 {
+		t.Errorf("init on a read-only file system succeeded: %s", stderr)
+	}
+	if stdout, stderr, code := lvwatch(t, "mailbox", "dump", "--inbox", inbox, "--outbox", outbox); code != 0 {
+		t.Errorf("dump on a read-only file system: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+}

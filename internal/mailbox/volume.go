@@ -23,11 +23,22 @@ var ErrDirectIO = errors.New("O_DIRECT refused")
 // OpenVolume opens path for O_DIRECT reads and writes and checks that it holds the
 // 250 mailboxes (1,024,000 bytes). With create, a missing file is created that size.
 func OpenVolume(path string, create bool) (*Volume, error) {
-	flags := unix.O_RDWR | unix.O_DIRECT | unix.O_CLOEXEC
+	flags := unix.O_RDWR
 	if create {
 		flags |= unix.O_CREAT
 	}
-	fd, err := openRetry(path, flags)
+	return openVolume(path, flags)
+}
+
+// OpenVolumeReadOnly opens path for O_DIRECT reads only, for looking at the
+// mailboxes without the right to change them.
+func OpenVolumeReadOnly(path string) (*Volume, error) {
+	return openVolume(path, unix.O_RDONLY)
+}
+
+func openVolume(path string, flags int) (*Volume, error) {
+	create := flags&unix.O_CREAT != 0
+	fd, err := openRetry(path, flags|unix.O_DIRECT|unix.O_CLOEXEC)
 	if errors.Is(err, unix.EINVAL) {
 		return nil, fmt.Errorf("open %s: %w (a tmpfs or similar file system): put the mailbox on a block device or a disk-backed file system", path, ErrDirectIO)
 	}
