@@ -62,6 +62,12 @@ func configure(path string, backing *os.File) (*Device, error) {
 		f.Close()
 		return nil, fmt.Errorf("attach %s to %s: %w", backing.Name(), path, err)
 	}
+	// The read-only policy set with BLKROSET outlives a detach: clear what an earlier
+	// user of this device number left.
+	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.BLKROSET, 0); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("make %s writable: %w", path, err)
+	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		f.Close()
