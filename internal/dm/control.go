@@ -248,13 +248,24 @@ func (c *Control) tableStatus(id DeviceID, op string, flags uint32) (Info, []Tar
 	return infoOf(h), targets, nil
 }
 
-// Load puts table in the device's inactive slot; Resume makes it live.
+// Load puts table in the device's inactive slot; Resume makes it live. The
+// device is writable once it is: see LoadReadOnly.
 func (c *Control) Load(id DeviceID, table []Target) (Info, error) {
+	return c.load(id, table, 0)
+}
+
+// LoadReadOnly is Load for a table that Resume makes live read-only. The
+// kernel sets the device's read-only state from each table it resumes on.
+func (c *Control) LoadReadOnly(id DeviceID, table []Target) (Info, error) {
+	return c.load(id, table, unix.DM_READONLY_FLAG)
+}
+
+func (c *Control) load(id DeviceID, table []Target, flags uint32) (Info, error) {
 	payload, err := encodeTargets(table)
 	if err != nil {
 		return Info{}, err
 	}
-	h, _, err := c.do(request{op: "table load", cmd: unix.DM_TABLE_LOAD, id: id,
+	h, _, err := c.do(request{op: "table load", cmd: unix.DM_TABLE_LOAD, id: id, flags: flags,
 		targetCount: uint32(len(table)), payload: payload})
 	return infoOf(h), err
 }

@@ -28,7 +28,8 @@ var (
 	// places: not an extension. Loading it would show the VM other data.
 	ErrRemap = errors.New("refusing to move data of a live LV")
 	// ErrSuspended means something else (lvm itself, most likely) has the LV
-	// suspended in the middle of its own change: try again later.
+	// suspended, or a table loaded for it, in the middle of its own change:
+	// try again later.
 	ErrSuspended = errors.New("LV is suspended by another process")
 )
 
@@ -66,9 +67,12 @@ func New(ctl *dm.Control, log zerolog.Logger) *Refresher {
 // extension only adds sectors at the end. The new table is loaded into
 // the inactive slot; the device is suspended without flushing (I/O in flight
 // waits inside device-mapper, nothing fails) or freezing a filesystem,
-// resumed on the new table, and its size checked. A failure between load
-// and resume drops the loaded table and resumes the old one, so the LV is
-// never left suspended.
+// resumed on the new table, and its size checked. The new table is loaded
+// read-only when the device is, or when the metadata makes the VG or LV
+// read-only, as lvm does. A failure between load and resume drops the
+// loaded table and resumes the old one, so the LV is never left suspended.
+// An LV with a table pending from another process is left alone
+// (ErrSuspended).
 func (r *Refresher) Refresh(vgName, lvName string, devices []string) (Result, error) {
 	start := time.Now()
 	res := Result{VG: vgName, LV: lvName}
@@ -104,6 +108,10 @@ func (r *Refresher) Refresh(vgName, lvName string, devices []string) (Result, er
 		return res, fmt.Errorf("%s/%s: %s has no live table", vgName, lvName, res.Device)
 	case info.Suspended():
 		return res, fmt.Errorf("%s/%s: %w", vgName, lvName, ErrSuspended)
+	case info.HasInactiveTable():
+		// Loading would replace that table, and the other process's resume
+		// would then put ours live instead of its own.
+		return res, fmt.Errorf("%s/%s: %w: a table loaded by another process waits for its resume", vgName, lvName, ErrSuspended)
 	case res.NewSize < res.OldSize:
 		return res, fmt.Errorf("%s/%s: metadata size %d bytes, live %d: %w", vgName, lvName, res.NewSize, res.OldSize, ErrShrink)
 	case !extends(live, want):
@@ -113,8 +121,16 @@ func (r *Refresher) Refresh(vgName, lvName string, devices []string) (Result, er
 	r.log.Debug().Str("vg", vgName).Str("lv", lvName).
 		Str("live", oneLine(live)).Str("new", oneLine(want)).Msg("swapping table")
 
+	// As lvm, a read-only VG or LV gets a read-only device; and a device
+	// active read-only stays so, since the kernel takes the mode from the table.
+	lv, err := vg.LV(lvName)
+	if err != nil {
+		return res, err
+	}
+	readOnly := info.ReadOnly() || !slices.Contains(vg.Status, "WRITE") || !lv.HasStatus("WRITE")
+
 	swapStart := time.Now()
-	if err := r.swap(id, want); err != nil {
+	if err := r.swap(id, want, readOnly); err != nil {
 		return res, fmt.Errorf("%s/%s: %w", vgName, lvName, err)
 	}
 	res.Swap = time.Since(swapStart)
@@ -147,8 +163,12 @@ func readTable(vgName, lvName string, devices []string) (*lvm.VG, []dm.Target, e
 	return vg, table, nil
 }
 
-func (r *Refresher) swap(id dm.DeviceID, table []dm.Target) error {
-	if _, err := r.ctl.Load(id, table); err != nil {
+func (r *Refresher) swap(id dm.DeviceID, table []dm.Target, readOnly bool) error {
+	load := r.ctl.Load
+	if readOnly {
+		load = r.ctl.LoadReadOnly
+	}
+	if _, err := load(id, table); err != nil {
 		return fmt.Errorf("load the new table: %w", err)
 	}
 	// As lvm does for a refresh, skip freezing a filesystem: the existing

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 
 	"github.com/lvwatch/lvwatch/internal/dm"
 	"github.com/lvwatch/lvwatch/internal/dm/dmtest"
@@ -158,6 +159,97 @@ func TestRefreshRefusesRemap(t *testing.T) {
 	}
 	if dm.TableSectors(table) != 16<<11 || info.Suspended() || info.HasInactiveTable() {
 		t.Errorf("after a refused remap: %+v, %+v; want the 16 MiB table live and running", info, table)
+	}
+}
+
+// TestRefreshLeavesPendingTable: a table another process (lvm, between its
+// load and its resume) has put in the inactive slot must be neither replaced
+// nor cleared, or that process's resume would put our table live, not its own.
+func TestRefreshLeavesPendingTable(t *testing.T) {
+	f := newFixture(t)
+	f.createLV(t, "disk", "16m")
+	f.resizeMetadataOnly(t, "lvextend", "disk", "+16m")
+	id := dm.ByName(f.dmName("disk"))
+	_, live, err := f.ctl.Table(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ctl.Load(id, live); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.ctl.ClearInactive(id) })
+	_, err = refresh.New(f.ctl, zerolog.Nop()).Refresh(f.vg, "disk", f.env.Paths())
+	if !errors.Is(err, refresh.ErrSuspended) {
+		t.Errorf("refresh with another table pending: %v, want ErrSuspended", err)
+	}
+	info, table, err := f.ctl.Table(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dm.TableSectors(table) != 16<<11 || info.Suspended() || !info.HasInactiveTable() {
+		t.Errorf("after the refresh: %+v, %+v; want the 16 MiB table live and the other table still pending", info, table)
+	}
+}
+
+// TestRefreshKeepsReadOnly: an LV active read-only must stay read-only after
+// its table is swapped, whether lvm made it so from its metadata (lvchange
+// -p r, as for a template's base image) or only its device is (activated
+// read-only): a table loaded without the read-only flag makes the kernel turn
+// the device writable.
+func TestRefreshKeepsReadOnly(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		makeRO func(t *testing.T, f *fixture, id dm.DeviceID) error
+	}{
+		{"metadata", func(t *testing.T, f *fixture, _ dm.DeviceID) error {
+			f.lvm(t, "lvchange", "-q", "-p", "r", f.vg+"/disk")
+			return nil
+		}},
+		{"device only", func(_ *testing.T, f *fixture, id dm.DeviceID) error {
+			_, live, err := f.ctl.Table(id)
+			if err == nil {
+				_, err = f.ctl.LoadReadOnly(id, live)
+			}
+			if err == nil {
+				_, err = f.ctl.Suspend(id, dm.NoFlush)
+			}
+			if err == nil {
+				_, err = f.ctl.Resume(id)
+			}
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.createLV(t, "disk", "16m")
+			id := dm.ByName(f.dmName("disk"))
+			if err := tc.makeRO(t, f, id); err != nil {
+				t.Fatal(err)
+			}
+			f.resizeMetadataOnly(t, "lvextend", "disk", "+16m")
+			if info, err := f.ctl.Info(id); err != nil || !info.ReadOnly() {
+				t.Fatalf("before the refresh: %+v, %v; want a read-only device", info, err)
+			}
+			res, err := refresh.New(f.ctl, zerolog.Nop()).Refresh(f.vg, "disk", f.env.Paths())
+			if err != nil || !res.Changed {
+				t.Fatalf("refresh: %+v, %v", res, err)
+			}
+			info, err := f.ctl.Info(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !info.ReadOnly() {
+				t.Errorf("after the refresh the LV is writable: %+v", info)
+			}
+			fd, err := unix.Open(f.device("disk"), unix.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			if _, err := unix.Pwrite(fd, make([]byte, 512), 0); !errors.Is(err, unix.EPERM) {
+				t.Errorf("a write to %s after the refresh: %v, want EPERM", f.device("disk"), err)
+			}
+		})
 	}
 }
 
