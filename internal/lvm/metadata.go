@@ -283,8 +283,9 @@ func vgFromConfig(root *ConfigNode) (*VG, error) {
 				return nil, errf("logical volume %s: %d extents of %d sectors is too large", lv.Name, lv.Extents(), vg.ExtentSize)
 			}
 		}
+		users := vg.lvUsers()
 		for i := range vg.LVs {
-			vg.mergeSegments(&vg.LVs[i])
+			vg.mergeSegments(&vg.LVs[i], users)
 		}
 	}
 	return vg, nil
@@ -483,13 +484,14 @@ func (vg *VG) checkAreas(lv *LV, pvIndex, lvIndex map[string]int) error {
 // imports metadata (lib/metadata/merge.c, striped.c): same type, same number
 // of stripes and stripe size, same tags, and each stripe continuing on the
 // same PV where the previous segment's stripe ended. LVs that a pvmove holds
-// (LOCKED, PVMOVE, or mirror images of such) are left alone.
-func (vg *VG) mergeSegments(lv *LV) {
+// (LOCKED, PVMOVE, or mirror images of such) are left alone. users is
+// vg.lvUsers().
+func (vg *VG) mergeSegments(lv *LV, users map[string]*LV) {
 	if lv.HasStatus("LOCKED") || lv.HasStatus("PVMOVE") {
 		return
 	}
 	if lv.HasStatus("MIRROR_IMAGE") {
-		if user := vg.onlyUser(lv.Name); user != nil && (user.HasStatus("LOCKED") || user.HasStatus("PVMOVE")) {
+		if user := users[lv.Name]; user != nil && (user.HasStatus("LOCKED") || user.HasStatus("PVMOVE")) {
 			return
 		}
 	}
@@ -508,25 +510,26 @@ func (vg *VG) mergeSegments(lv *LV) {
 	lv.Segments = slices.Clip(out)
 }
 
-// onlyUser returns the LV whose segments use LV name as an area, if exactly one
-// segment does.
-func (vg *VG) onlyUser(name string) *LV {
-	var user *LV
-	n := 0
+// lvUsers maps the name of each LV that exactly one segment area uses as its
+// volume to the LV that area belongs to (nil when several areas use it). One
+// pass over the VG: a lookup per LV would be quadratic in hostile metadata.
+func (vg *VG) lvUsers() map[string]*LV {
+	users := map[string]*LV{}
 	for i := range vg.LVs {
 		for _, s := range vg.LVs[i].Segments {
 			for _, a := range s.Stripes {
-				if a.LV == name {
-					user = &vg.LVs[i]
-					n++
+				if a.LV == "" {
+					continue
+				}
+				if _, seen := users[a.LV]; seen {
+					users[a.LV] = nil
+				} else {
+					users[a.LV] = &vg.LVs[i]
 				}
 			}
 		}
 	}
-	if n != 1 {
-		return nil
-	}
-	return user
+	return users
 }
 
 func canMerge(a, b *Segment) bool {
@@ -546,12 +549,26 @@ func canMerge(a, b *Segment) bool {
 	return sameStringSet(a.Tags, b.Tags)
 }
 
+// sameStringSet compares a and b as sets: lvm2 reads tag lists dropping
+// repeats, so ["a", "a"] equals ["a"] but not ["a", "b"]. Maps keep hostile
+// lists of many tags linear.
 func sameStringSet(a, b []string) bool {
-	if len(a) != len(b) {
+	if len(a) == 0 || len(b) == 0 {
+		return len(a) == len(b)
+	}
+	set := func(l []string) map[string]bool {
+		m := make(map[string]bool, len(l))
+		for _, s := range l {
+			m[s] = true
+		}
+		return m
+	}
+	sa, sb := set(a), set(b)
+	if len(sa) != len(sb) {
 		return false
 	}
-	for _, s := range a {
-		if !slices.Contains(b, s) {
+	for s := range sa {
+		if !sb[s] {
 			return false
 		}
 	}

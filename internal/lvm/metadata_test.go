@@ -629,3 +629,59 @@ func TestAssembleCopies(t *testing.T) {
 		t.Errorf("other VG: %v", err)
 	}
 }
+
+// TestMergeTags: lvm2 reads tags as a set (a repeated tag counts once), so
+// segments merge exactly when their tag sets are equal.
+func TestMergeTags(t *testing.T) {
+	seg := func(start uint64, tags string) string {
+		return fmt.Sprintf("seg%d {\nstart_extent = %d\nextent_count = 2\ntype = \"striped\"\nstripe_count = 1\ntags = [%s]\nstripes = [\"pv0\", %d]\n}\n",
+			start, start, tags, start)
+	}
+	for _, tc := range []struct {
+		name         string
+		tags1, tags2 string
+		want         int
+	}{
+		{"same", `"a", "b"`, `"b", "a"`, 1},
+		{"repeated tag against another", `"a", "a"`, `"a", "b"`, 2},
+		{"another against a repeated tag", `"a", "b"`, `"a", "a"`, 2},
+		{"repeated tag counts once", `"a", "a"`, `"a"`, 1},
+	} {
+		text := strings.Replace(sampleMetadata, "thin {", "x {\nid = \"zbcdef-ghij-klmn-opqr-stuv-wxyz-012345\"\nstatus = [\"READ\"]\nsegment_count = 2\n"+
+			seg(0, tc.tags1)+seg(2, tc.tags2)+"}\nthin {", 1)
+		vg, err := ParseMetadata([]byte(text))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		lv, _ := vg.LV("x")
+		if len(lv.Segments) != tc.want {
+			t.Errorf("%s: %d segments, want %d: %+v", tc.name, len(lv.Segments), tc.want, lv.Segments)
+		}
+	}
+}
+
+// TestAssembleSameChecksum: two texts of the same size and checksum (a CRC-32
+// collision, which anyone writing metadata can make) are still two texts: the
+// newer one must not take the parse of the older one.
+func TestAssembleSameChecksum(t *testing.T) {
+	ids := []string{"DnpfqCA2rE6bj3y69GLrGE5kUcrCclOy", "SR50g8voRAEYPTuPotVYheao9y910Unh"}
+	dev := func(i, seqno int) *devResult {
+		text := strings.Replace(sampleMetadata, "seqno = 17", fmt.Sprintf("seqno = %d", seqno), 1)
+		return readMem(buildImage(imageSpec{pvid: ids[i], mdaSize: 16384, text: []byte(text), textOff: 512}), fmt.Sprintf("d%d", i), "my-vg")
+	}
+	old, cur := dev(0, 20), dev(1, 21)
+	if old.err != nil || cur.err != nil || old.info.Areas[0].text == nil || cur.info.Areas[0].text == nil {
+		t.Fatalf("images: %v %v %+v %+v", old.err, cur.err, old.info.Areas, cur.info.Areas)
+	}
+	if old.info.Areas[0].Text.Size() != cur.info.Areas[0].Text.Size() {
+		t.Fatal("texts of different sizes")
+	}
+	cur.info.Areas[0].Text.Checksum = old.info.Areas[0].Text.Checksum
+	vg, err := assemble("my-vg", []*devResult{old, cur}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vg.Seqno != 21 || !vg.Copies[1].Used {
+		t.Errorf("seqno %d, copies %+v; want the copy with seqno 21", vg.Seqno, vg.Copies)
+	}
+}

@@ -121,12 +121,13 @@ func assemble(vgName string, results []*devResult, explicit bool) (*VG, error) {
 		}
 	}
 
-	// Parse each distinct text once.
+	// Parse each distinct text once. The key is the text itself: a checksum
+	// is only a CRC-32, and two texts with the same one must not share a parse.
 	type parsed struct {
 		vg  *VG
 		err error
 	}
-	byText := map[[2]uint64]*parsed{}
+	byText := map[string]*parsed{}
 	var copies []*copyRef
 	for _, r := range devs {
 		if r.err != nil || r.info.Label == nil {
@@ -146,12 +147,11 @@ func assemble(vgName string, results []*devResult, explicit bool) (*VG, error) {
 			if a.text == nil {
 				continue
 			}
-			key := [2]uint64{uint64(a.Text.Checksum), a.Text.Size()}
-			p := byText[key]
+			p := byText[string(a.text)]
 			if p == nil {
 				vg, err := ParseMetadata(a.text)
 				p = &parsed{vg: vg, err: err}
-				byText[key] = p
+				byText[string(a.text)] = p
 			}
 			c.vg, c.err = p.vg, p.err
 			if c.err == nil && c.vg.Name != vgName {
