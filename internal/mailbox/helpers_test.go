@@ -107,6 +107,20 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
+// waitNoError waits up to patience for done and fails the test on an error or
+// on the wait running out (what says what did not come).
+func waitNoError(t testing.TB, done <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(patience):
+		t.Fatal(what)
+	}
+}
+
 // recorder is a test Handler: it records every request and grants it, fails it, or
 // holds it unanswered, and records the cancellation of held ones.
 type recorder struct {

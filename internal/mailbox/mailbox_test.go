@@ -409,14 +409,7 @@ func TestReadErrorsRetried(t *testing.T) {
 	if err := os.Truncate(inbox, UsedSize); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(patience):
-		t.Fatal("no reply after the volume came back")
-	}
+	waitNoError(t, done, "no reply after the volume came back")
 }
 
 // Writes that fail (the outbox loop device made read-only under the SPM) are retried
@@ -435,14 +428,7 @@ func TestWriteErrorsRetried(t *testing.T) {
 	rec.held[0].Grant(100)
 	waitFor(t, patience, "failed writes", func() bool { return s.Stats().IOErrors >= 2 })
 	setReadOnly(t, outbox, false)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(patience):
-		t.Fatal("no reply after the device became writable")
-	}
+	waitNoError(t, done, "no reply after the device became writable")
 }
 
 func setReadOnly(t *testing.T, dev string, ro bool) {
