@@ -85,8 +85,12 @@ func requireRootBPF(t *testing.T) {
 	testutil.RequireFile(t, "/dev/loop-control", "loop devices")
 }
 
+// pinDir is a pin directory of the test's own, removed at cleanup even when the
+// command under test was killed before it could unpin.
 func pinDir(t *testing.T) string {
-	return fmt.Sprintf("/sys/fs/bpf/lvwatch-cmd-test-%d-%s", os.Getpid(), t.Name())
+	dir := fmt.Sprintf("/sys/fs/bpf/lvwatch-cmd-test-%d-%s", os.Getpid(), t.Name())
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 func TestWatchCommand(t *testing.T) {
