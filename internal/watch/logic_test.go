@@ -195,7 +195,7 @@ func TestLogicFullRingKeepsArmed(t *testing.T) {
 	w := openWatcher(t)
 	r := bioRunner{t, loadTestProgram(t, w)}
 
-	ringEvents := w.objs.Events.MaxEntries() / (eventSize + 8) // 8: the ring's record header
+	ringEvents := w.objs.LvwEvents.MaxEntries() / (eventSize + 8) // 8: the ring's record header
 	devs := int(ringEvents) + 10
 	for i := range devs {
 		if _, err := w.Arm(Dev{Major: 4001, Minor: uint32(i)}, 0); err != nil {

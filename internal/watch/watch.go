@@ -63,15 +63,11 @@ type Counters struct {
 	Lost      uint64 // crossings that found the ring full; the device stayed armed
 }
 
-// objects are the parts of the BPF collection the watcher uses; the test twin of
-// the program is not loaded here.
+// objects are the parts of the BPF collection the watcher uses: every map, and
+// the program without its test twin.
 type objects struct {
-	Prog   *ebpf.Program `ebpf:"lvw_bio_queue"`
-	Watch  *ebpf.Map     `ebpf:"lvw_watch"`
-	Armed  *ebpf.Map     `ebpf:"lvw_armed"`
-	Events *ebpf.Map     `ebpf:"lvw_events"`
-	Stats  *ebpf.Map     `ebpf:"lvw_stats"`
-	Gate   *ebpf.Map     `ebpf:"lvw_gate"`
+	bpfMaps
+	Prog *ebpf.Program `ebpf:"lvw_bio_queue"`
 }
 
 // Watcher owns the loaded watcher. Arm, Disarm and Counters may be called from
@@ -122,10 +118,10 @@ func Open(opts Options) (_ *Watcher, err error) {
 	if err := w.attach(); err != nil {
 		return nil, err
 	}
-	if w.gate, err = mapGate(w.objs.Gate); err != nil {
+	if w.gate, err = mapGate(w.objs.LvwGate); err != nil {
 		return nil, err
 	}
-	if w.events, err = ringbuf.NewReader(w.objs.Events); err != nil {
+	if w.events, err = ringbuf.NewReader(w.objs.LvwEvents); err != nil {
 		return nil, fmt.Errorf("open event ring: %w", err)
 	}
 	last, err := w.lastCookie()
@@ -190,7 +186,7 @@ func (w *Watcher) lastCookie() (uint64, error) {
 	var last uint64
 	var dev uint32
 	var arm bpfLvwArm
-	it := w.objs.Watch.Iterate()
+	it := w.objs.LvwWatch.Iterate()
 	for it.Next(&dev, &arm) {
 		last = max(last, arm.Cookie)
 	}
@@ -198,7 +194,7 @@ func (w *Watcher) lastCookie() (uint64, error) {
 		return 0, fmt.Errorf("read lvw_watch: %w", err)
 	}
 	var cookie uint64
-	it = w.objs.Armed.Iterate()
+	it = w.objs.LvwArmed.Iterate()
 	for it.Next(&cookie, &dev) {
 		last = max(last, cookie)
 	}
@@ -215,26 +211,26 @@ func (w *Watcher) Arm(dev Dev, threshold uint64) (uint64, error) {
 	defer w.mu.Unlock()
 	k := dev.kernel()
 	var old bpfLvwArm
-	hadOld := w.objs.Watch.Lookup(k, &old) == nil
+	hadOld := w.objs.LvwWatch.Lookup(k, &old) == nil
 
 	w.cookie++
 	cookie := w.cookie
 	// Gate, then cookie, then threshold: in every state between, the gate's bound
 	// is at or below every threshold the program can see for k.
 	owner := w.gate.claim(k, threshold)
-	if err := w.objs.Armed.Update(cookie, k, ebpf.UpdateNoExist); err != nil {
+	if err := w.objs.LvwArmed.Update(cookie, k, ebpf.UpdateNoExist); err != nil {
 		return 0, fmt.Errorf("arm %s: %w", dev, mapFull(err))
 	}
 	arm := bpfLvwArm{Threshold: threshold / sectorSize, Cookie: cookie}
-	if err := w.objs.Watch.Update(k, arm, ebpf.UpdateAny); err != nil {
-		w.objs.Armed.Delete(cookie)
+	if err := w.objs.LvwWatch.Update(k, arm, ebpf.UpdateAny); err != nil {
+		w.objs.LvwArmed.Delete(cookie)
 		return 0, fmt.Errorf("arm %s: %w", dev, mapFull(err))
 	}
 	if owner {
 		w.gate.set(k, threshold)
 	}
 	if hadOld {
-		if err := w.objs.Armed.Delete(old.Cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := w.objs.LvwArmed.Delete(old.Cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return 0, fmt.Errorf("drop the previous arming of %s: %w", dev, err)
 		}
 	}
@@ -255,12 +251,12 @@ func (w *Watcher) Disarm(dev Dev) (bool, error) {
 	defer w.mu.Unlock()
 	k := dev.kernel()
 	var arm bpfLvwArm
-	if err := w.objs.Watch.LookupAndDelete(k, &arm); errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := w.objs.LvwWatch.LookupAndDelete(k, &arm); errors.Is(err, ebpf.ErrKeyNotExist) {
 		return false, nil
 	} else if err != nil {
 		return false, fmt.Errorf("disarm %s: %w", dev, err)
 	}
-	err := w.objs.Armed.Delete(arm.Cookie)
+	err := w.objs.LvwArmed.Delete(arm.Cookie)
 	armed := err == nil
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return false, fmt.Errorf("disarm %s: %w", dev, err)
@@ -281,7 +277,7 @@ func (w *Watcher) Disarm(dev Dev) (bool, error) {
 func (w *Watcher) sharingSlot(k uint32) (uint32, uint64, error) {
 	var dev uint32
 	var arm bpfLvwArm
-	it := w.objs.Watch.Iterate()
+	it := w.objs.LvwWatch.Iterate()
 	for it.Next(&dev, &arm) {
 		if dev != k && w.gate.slotOf(dev) == w.gate.slotOf(k) {
 			return dev, arm.Threshold * sectorSize, nil
@@ -349,7 +345,7 @@ func decodeEvent(b []byte, now time.Duration) (Event, error) {
 // Counters sums the per-CPU counters.
 func (w *Watcher) Counters() (Counters, error) {
 	var perCPU []bpfLvwCounters
-	if err := w.objs.Stats.Lookup(uint32(0), &perCPU); err != nil {
+	if err := w.objs.LvwStats.Lookup(uint32(0), &perCPU); err != nil {
 		return Counters{}, fmt.Errorf("read lvw_stats: %w", err)
 	}
 	var c Counters
@@ -372,8 +368,7 @@ func (w *Watcher) Close() error {
 		errs = append(errs, w.link.Close())
 	}
 	// Close is nil-safe on programs and maps, so a half-done Open cleans up here too.
-	errs = append(errs, w.objs.Prog.Close(), w.objs.Watch.Close(), w.objs.Armed.Close(),
-		w.objs.Events.Close(), w.objs.Stats.Close(), w.objs.Gate.Close(), w.gate.close())
+	errs = append(errs, w.objs.Prog.Close(), w.objs.bpfMaps.Close(), w.gate.close())
 	if w.lock != nil {
 		errs = append(errs, w.lock.Close()) // closing drops the flock
 	}
@@ -386,7 +381,7 @@ func (w *Watcher) CloseAndUnpin() error {
 	if w.link != nil {
 		errs = append(errs, w.link.Unpin())
 	}
-	for _, m := range []*ebpf.Map{w.objs.Watch, w.objs.Armed, w.objs.Events, w.objs.Stats, w.objs.Gate} {
+	for _, m := range []*ebpf.Map{w.objs.LvwWatch, w.objs.LvwArmed, w.objs.LvwEvents, w.objs.LvwStats, w.objs.LvwGate} {
 		if m != nil {
 			errs = append(errs, m.Unpin())
 		}
