@@ -193,6 +193,9 @@ func TestDemoCommand(t *testing.T) {
 	}
 }
 
+// vdsmRequestBlock is host 7's inbox mailbox holding one extend request, as vdsm wrote it.
+const vdsmRequestBlock = "../../internal/mailbox/testdata/vdsm/host7-request-mailbox.bin"
+
 func TestMailboxCommands(t *testing.T) {
 	dir := t.TempDir()
 	inbox, outbox := filepath.Join(dir, "inbox"), filepath.Join(dir, "outbox")
@@ -213,9 +216,9 @@ func TestMailboxCommands(t *testing.T) {
 	}
 
 	// dump decodes what vdsm wrote, and flags a mailbox whose checksum fails.
-	request, err := os.ReadFile("../../../shared/testdata/vdsm-mailbox/host7-request-mailbox.bin")
+	request, err := os.ReadFile(vdsmRequestBlock)
 	if err != nil {
-		t.Fatalf("vdsm's reference bytes (../shared beside the checkout): %v", err)
+		t.Fatalf("vdsm's reference bytes: %v", err)
 	}
 	corrupt := append([]byte(nil), request...)
 	corrupt[40]++ // inside the size field

@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// The reference request of ../../../shared/testdata/vdsm-mailbox (bytes written by vdsm).
+// The reference request of testdata/vdsm (bytes written by vdsm).
 var (
 	refDomain = mustUUID("8adbc85e-e554-4ae0-b318-8a5465fe5fe1")
 	refVolume = mustUUID("d772f1c6-3ebb-43c3-a42e-73fcd8255a5f")
@@ -25,11 +25,10 @@ func mustUUID(s string) UUID {
 	return u
 }
 
-// refBlock returns one of the reference blocks written by vdsm, from the shared/
-// directory beside the repository.
+// refBlock returns one of the reference blocks written by vdsm (testdata/vdsm).
 func refBlock(t testing.TB, name string) Mailbox {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("../../../shared/testdata/vdsm-mailbox", name))
+	b, err := os.ReadFile(filepath.Join("testdata", "vdsm", name))
 	if err != nil {
 		t.Fatalf("vdsm reference block: %v", err)
 	}
