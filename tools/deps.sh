@@ -7,6 +7,7 @@ packages=(
 	clang-19 llvm-19 libbpf-dev  # make generate: the pinned BPF compiler and libbpf headers
 	bpftool                      # inspecting pinned objects
 	lvm2                         # LVM2 on loop devices
+	e2fsprogs                    # mkfs.ext4: a file system the signature probe must recognise
 	qemu-utils                   # qemu-img / qemu-io: the real qcow2 writer
 	qemu-system-x86 busybox-static cpio kmod  # tools/vmtest: a real kernel with device-mapper (cpio: its archive test)
 )
