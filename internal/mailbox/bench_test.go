@@ -24,7 +24,7 @@ func loopVolumes(b testing.TB) (inbox, outbox string) {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { dev.Close() })
-		v, err := OpenVolume(dev.Path, false)
+		v, err := OpenVolume(dev.Path, VolumeOptions{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -72,7 +72,7 @@ func idleCost(b testing.TB, spm *child, settle, window time.Duration) (cpuPercen
 	time.Sleep(window)
 	r1 := spm.report(b)
 	wall := (r1.Wall - r0.Wall).Seconds()
-	reads := func(s SPMStats) uint64 { return s.EventReads + s.FullScans + s.HostReads }
+	reads := func(s SPMStats) uint64 { return s.EventReads + s.FullScans + s.HostReads + s.OutboxReads }
 	return 100 * (r1.CPU - r0.CPU).Seconds() / wall, float64(reads(r1.Stats)-reads(r0.Stats)) / wall
 }
 
@@ -150,7 +150,7 @@ func BenchmarkFullScan(b *testing.B) {
 			} else {
 				inbox, _ = loopVolumes(b)
 			}
-			v, err := OpenVolume(inbox, false)
+			v, err := OpenVolume(inbox, VolumeOptions{})
 			if err != nil {
 				b.Fatal(err)
 			}

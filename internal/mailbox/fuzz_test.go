@@ -59,7 +59,7 @@ func bareSPM(t testing.TB, h Handler) *SPM {
 	}
 	t.Cleanup(func() { cancel(); alarm.close() })
 	return &SPM{
-		cfg: SPMConfig{Handler: h}, ctx: ctx, cancel: cancel,
+		cfg: SPMConfig{Handler: h, MaxHandling: DefaultMaxHandling}, ctx: ctx, cancel: cancel,
 		alarm: alarm, local: map[int]*Host{}, outbox: AlignedBuffer(UsedSize),
 	}
 }

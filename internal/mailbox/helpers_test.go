@@ -18,7 +18,7 @@ import (
 // refuses O_DIRECT (tmpfs on older kernels).
 func directDir(t testing.TB) string {
 	dir := t.TempDir()
-	v, err := OpenVolume(filepath.Join(dir, "probe"), true)
+	v, err := OpenVolume(filepath.Join(dir, "probe"), VolumeOptions{Create: true})
 	if err == nil {
 		v.Close()
 		return dir
@@ -39,7 +39,7 @@ func testVolumes(t testing.TB) (inbox, outbox string) {
 	dir := directDir(t)
 	inbox, outbox = filepath.Join(dir, "inbox"), filepath.Join(dir, "outbox")
 	for _, p := range []string{inbox, outbox} {
-		v, err := OpenVolume(p, true)
+		v, err := OpenVolume(p, VolumeOptions{Create: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -64,7 +64,7 @@ type raw struct {
 }
 
 func openRaw(t testing.TB, inbox, outbox string) *raw {
-	in, out, err := openVolumes(inbox, outbox)
+	in, out, err := openVolumes(inbox, outbox, VolumeOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

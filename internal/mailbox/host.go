@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,13 +23,27 @@ type HostConfig struct {
 	// first, then every 1/8 of the time it has waited, at most every PollMax. With nothing
 	// in flight it does no I/O.
 	PollMin, PollMax time.Duration
+
+	// AbandonAfter bounds how long an unanswered request keeps its slot once no caller
+	// waits for it: the host withdraws (clears) it when every caller has given up and it
+	// is that old, so that requests no SPM answers cannot fill all 63 slots.
+	AbandonAfter time.Duration
+
+	// TakeOver clears the mailbox even when it holds another writer's requests (see
+	// OpenHost): for an id whose writer is known to be gone for good.
+	TakeOver bool
+	// IgnoreSignatures opens volumes that carry a known signature (VolumeOptions).
+	IgnoreSignatures bool
 }
 
 // Defaults of HostConfig.
 const (
 	DefaultPollMin = 200 * time.Microsecond
 	DefaultPollMax = 100 * time.Millisecond
-	hostPollRatio  = 8
+	// DefaultAbandonAfter is well above the time an SPM takes to extend a volume (vdsm:
+	// seconds, under load tens of seconds), so that a slow answer is not thrown away.
+	DefaultAbandonAfter = 2 * time.Minute
+	hostPollRatio       = 8
 )
 
 // Errors of Host.Extend.
@@ -45,30 +60,33 @@ type HostStats struct {
 	Requests  uint64 // requests written into a slot
 	Coalesced uint64 // Extend calls that joined an identical request in flight
 	Replies   uint64
+	Withdrawn uint64 // requests cleared unanswered after every caller gave up (AbandonAfter)
 }
 
 type hostCounters struct {
-	polls, writes, ioErrors, requests, coalesced, replies atomic.Uint64
+	polls, writes, ioErrors, requests, coalesced, replies, withdrawn atomic.Uint64
 }
 
 // Host is one host's side of the mailbox. Extend may be called from many goroutines;
 // up to 63 requests are in flight at once, identical ones share a slot, the rest wait.
 type Host struct {
-	id     int
-	log    zerolog.Logger
-	in     *Volume
-	out    *Volume
-	pace   pacer
-	stats  hostCounters
-	done   chan struct{}
-	signal chan struct{} // new calls, pokes, close
-	wake   atomic.Pointer[func(int)]
+	id      int
+	log     zerolog.Logger
+	in      *Volume
+	out     *Volume
+	pace    pacer
+	abandon time.Duration
+	stats   hostCounters
+	done    chan struct{}
+	signal  chan struct{}       // new calls, pokes, close
+	spm     atomic.Pointer[SPM] // a co-located SPM to wake after each write (AddLocal)
 
 	closeOnce sync.Once
 	closeErr  error
 
 	mu       sync.Mutex
 	calls    []*call
+	left     []*call // calls whose caller gave up
 	poked    bool
 	closeCtx context.Context // set by Close
 
@@ -103,6 +121,7 @@ type request struct {
 	msg     Message
 	size    uint64
 	waiters []chan result
+	placed  time.Time // when it was written into its slot
 }
 
 type slotState int
@@ -119,22 +138,37 @@ type hostSlot struct {
 }
 
 // OpenHost opens the volumes and starts the host loop, which first clears the host's
-// mailbox (requests of an earlier run are void).
+// mailbox: the requests of an earlier run of this host are void.
+//
+// Unless cfg.TakeOver, it refuses (ErrHostIDInUse) a mailbox whose checksum holds and
+// that carries messages of another writer: vdsm, another lvwatch, or an lvwatch of this
+// machine that still runs (see claim). lvwatch marks what it writes with its process's
+// identity (Owner), so a host restarted after a crash recognises its own requests and
+// clears them. The check and the first write are not atomic: two processes started with
+// one id at the same instant can still both pass it.
 func OpenHost(cfg HostConfig) (*Host, error) {
 	if err := ValidHostID(cfg.HostID); err != nil {
 		return nil, fmt.Errorf("mailbox host: %w", err)
 	}
-	in, out, err := openVolumes(cfg.Inbox, cfg.Outbox)
+	in, out, err := openVolumes(cfg.Inbox, cfg.Outbox, VolumeOptions{IgnoreSignatures: cfg.IgnoreSignatures})
 	if err != nil {
 		return nil, fmt.Errorf("mailbox host %d: %w", cfg.HostID, err)
+	}
+	log := cfg.Log.With().Str("mailbox", "host").Int("host", cfg.HostID).Logger()
+	self := currentOwner()
+	if err := checkOwner(in, cfg.HostID, self, cfg.TakeOver, log); err != nil {
+		in.Close()
+		out.Close()
+		return nil, err
 	}
 	pollMin := orDefault(cfg.PollMin, DefaultPollMin)
 	h := &Host{
 		id:       cfg.HostID,
-		log:      cfg.Log.With().Str("mailbox", "host").Int("host", cfg.HostID).Logger(),
+		log:      log,
 		in:       in,
 		out:      out,
 		pace:     pacer{min: pollMin, max: max(orDefault(cfg.PollMax, DefaultPollMax), pollMin), ratio: hostPollRatio},
+		abandon:  orDefault(cfg.AbandonAfter, DefaultAbandonAfter),
 		done:     make(chan struct{}),
 		signal:   make(chan struct{}, 1),
 		wbuf:     AlignedBuffer(BlockSize),
@@ -143,13 +177,34 @@ func OpenHost(cfg HostConfig) (*Host, error) {
 		sendWait: newBackoff(),
 		readWait: newBackoff(),
 	}
+	h.mbox.setOwner(self)
 	go h.run()
 	return h, nil
 }
 
+// checkOwner reads host id's mailbox and fails unless claim lets self clear it or
+// takeOver is set.
+func checkOwner(in *Volume, id int, self Owner, takeOver bool, log zerolog.Logger) error {
+	buf := AlignedBuffer(BlockSize)
+	if err := in.ReadAt(buf, blockOffset(id)); err != nil {
+		return fmt.Errorf("mailbox host %d: reading its mailbox to see who uses it: %w", id, err)
+	}
+	err := claim(id, (*Mailbox)(buf), self, processAlive)
+	if err != nil && takeOver {
+		log.Warn().Err(err).Msg("taking the host id over: erasing the messages in its mailbox")
+		return nil
+	}
+	return err
+}
+
 // Extend asks the SPM to extend volume in domain to sizeMiB and waits for the reply. It
 // returns the size granted (at least sizeMiB), or ErrExtendFailed when the SPM failed.
-// A caller that gives up (ctx) leaves the request to finish in the background.
+// A vdsm SPM's reply carries the size asked for, not the volume's real size: callers
+// check the size themselves after the refresh (the agent does).
+//
+// A caller that gives up (ctx) leaves the request in its slot, where another call for
+// the same request joins it; once no caller waits and it has been in its slot for
+// AbandonAfter, the host withdraws it.
 func (h *Host) Extend(ctx context.Context, domain, volume UUID, sizeMiB uint64) (uint64, error) {
 	if sizeMiB == 0 {
 		return 0, errors.New("extend to 0 MiB: a size of 0 is the failure reply")
@@ -176,6 +231,10 @@ func (h *Host) Extend(ctx context.Context, domain, volume UUID, sizeMiB uint64) 
 	case r := <-c.res:
 		return r.granted, r.err
 	case <-ctx.Done():
+		h.mu.Lock()
+		h.left = append(h.left, c)
+		h.mu.Unlock()
+		h.poke()
 		return 0, ctx.Err()
 	}
 }
@@ -192,7 +251,7 @@ func (h *Host) Poke() {
 func (h *Host) Stats() HostStats {
 	c := &h.stats
 	return HostStats{Polls: c.polls.Load(), Writes: c.writes.Load(), IOErrors: c.ioErrors.Load(),
-		Requests: c.requests.Load(), Coalesced: c.coalesced.Load(), Replies: c.replies.Load()}
+		Requests: c.requests.Load(), Coalesced: c.coalesced.Load(), Replies: c.replies.Load(), Withdrawn: c.withdrawn.Load()}
 }
 
 // Close stops taking requests, lets the answered ones finish their clean handshake until
@@ -209,8 +268,6 @@ func (h *Host) Close(ctx context.Context) error {
 	h.closeOnce.Do(func() { h.closeErr = errors.Join(h.in.Close(), h.out.Close()) })
 	return h.closeErr
 }
-
-func (h *Host) setWakeSPM(wake func(int)) { h.wake.Store(&wake) }
 
 func (h *Host) poke() {
 	select {
@@ -229,8 +286,8 @@ func (h *Host) run() {
 	defer timer.Stop()
 	for {
 		h.mu.Lock()
-		calls, poked, closeCtx := h.calls, h.poked, h.closeCtx
-		h.calls, h.poked = nil, false
+		calls, left, poked, closeCtx := h.calls, h.left, h.poked, h.closeCtx
+		h.calls, h.left, h.poked = nil, nil, false
 		h.mu.Unlock()
 
 		if closeCtx != nil {
@@ -241,11 +298,13 @@ func (h *Host) run() {
 		} else {
 			h.take(calls)
 		}
+		h.leave(left)
 		if poked {
 			h.poll()
 		}
-		h.place()
 		now := time.Now()
+		h.withdrawAbandoned(now)
+		h.place()
 		if h.dirty && !now.Before(h.retryAt) {
 			h.send(now)
 		}
@@ -282,7 +341,8 @@ func (h *Host) run() {
 }
 
 // start reads the reply mailbox (to know which slots hold stale replies) and clears the
-// request mailbox, retrying until both work; false if the host was closed first.
+// request mailbox, leaving only the owner mark, retrying until both work; false if the
+// host was closed first.
 func (h *Host) start() bool {
 	wait := newBackoff()
 	for {
@@ -324,6 +384,42 @@ func (h *Host) take(calls []*call) {
 	}
 }
 
+// leave drops the callers that gave up from their requests' waiters; a queued request
+// left with none is dropped, as it was never written.
+func (h *Host) leave(calls []*call) {
+	for _, c := range calls {
+		r := h.byMsg[c.msg]
+		if r == nil {
+			continue // answered meanwhile
+		}
+		r.waiters = slices.DeleteFunc(r.waiters, func(w chan result) bool { return w == c.res })
+		if len(r.waiters) == 0 {
+			if i := slices.Index(h.queue, r); i >= 0 {
+				h.queue = slices.Delete(h.queue, i, i+1)
+				delete(h.byMsg, r.msg)
+			}
+		}
+	}
+}
+
+// withdrawAbandoned clears the slots of requests no caller waits for any more and that
+// have been unanswered for h.abandon.
+func (h *Host) withdrawAbandoned(now time.Time) {
+	for i := range h.slots {
+		s := &h.slots[i]
+		if s.state != slotRequested || len(s.req.waiters) > 0 || now.Sub(s.req.placed) < h.abandon {
+			continue
+		}
+		h.log.Warn().Int("slot", i).Dur("unanswered_for", now.Sub(s.req.placed)).Hex("request", s.req.msg[:]).
+			Msg("withdrawing a request no SPM answered and no caller waits for")
+		delete(h.byMsg, s.req.msg)
+		h.mbox.SetSlot(i, Message{})
+		*s = hostSlot{}
+		h.dirty = true
+		h.stats.withdrawn.Add(1)
+	}
+}
+
 // place puts queued requests into free slots. A request never goes into a slot whose
 // reply mailbox still holds a reply for the same volume (left by an earlier run, or a
 // stale answer): a vdsm peer would not see a new reply there, and we could not tell it
@@ -348,6 +444,7 @@ func (h *Host) place() {
 			return
 		}
 		h.queue = h.queue[1:]
+		r.placed = time.Now()
 		h.mbox.SetSlot(slot, r.msg)
 		h.slots[slot] = hostSlot{state: slotRequested, req: r}
 		h.dirty = true
@@ -489,8 +586,8 @@ func (h *Host) write() error {
 		return err
 	}
 	h.stats.writes.Add(1)
-	if wake := h.wake.Load(); wake != nil {
-		(*wake)(h.id)
+	if s := h.spm.Load(); s != nil {
+		s.Wake(h.id)
 	}
 	var id EventID
 	for i := range 2 {

@@ -281,15 +281,18 @@ func TestProcessesAllHostsAllSlots(t *testing.T) {
 }
 
 // The SPM process is killed while requests wait in its handler and a new one started:
-// every request is still answered (the new SPM handles the pending ones again).
+// every request is still answered, and each one the killed SPM had taken but not
+// answered is handled again by the new one.
 func TestProcessesSPMKilledMidFlight(t *testing.T) {
 	inbox, outbox := testVolumes(t)
-	handled := filepath.Join(t.TempDir(), "handled")
+	dir := t.TempDir()
+	handled, handledAgain := filepath.Join(dir, "handled"), filepath.Join(dir, "handled-again")
 	spm := startSPMProcess(t, inbox, outbox, handled, envDelay+"=100ms")
+	const hosts = 20
 	hostsDone := make(chan struct{})
 	go func() {
 		defer close(hostsDone)
-		runHosts(t, inbox, outbox, hostRange(1, 20), MessagesPerMbox)
+		runHosts(t, inbox, outbox, hostRange(1, hosts), MessagesPerMbox)
 	}()
 	watch := openRaw(t, inbox, outbox)
 	waitFor(t, patience, "requests in the handler and some replies", func() bool {
@@ -298,14 +301,43 @@ func TestProcessesSPMKilledMidFlight(t *testing.T) {
 	})
 	spm.cmd.Process.Signal(unix.SIGKILL)
 	spm.cmd.Wait()
-	before := len(handledLines(t, handled))
-	spm = startSPMProcess(t, inbox, outbox, handled, envDelay+"=1ms")
-	<-hostsDone
-	after := len(handledLines(t, handled))
-	t.Logf("handled %d before the kill, %d in all (pending ones handled again)", before, after)
-	if before >= 20*MessagesPerMbox {
-		t.Error("the SPM was killed after it had seen every request: not mid-flight")
+	taken := handledLines(t, handled)
+	if len(taken) >= hosts*MessagesPerMbox {
+		t.Fatal("the SPM was killed after it had seen every request: not mid-flight")
 	}
+	// Without an SPM the hosts wait: what is in their slots with no reply stays there.
+	pending := map[string]bool{}
+	for id := 1; id <= hosts; id++ {
+		in, out := watch.read(watch.in, id), watch.read(watch.out, id)
+		for slot := range MessagesPerMbox {
+			req, reply := in.Slot(slot), out.Slot(slot)
+			if e, err := DecodeExtend(req); err == nil && !replyTo(&reply, &req) {
+				pending[fmt.Sprintf("%d/%d/%s/%d", id, slot, e.Volume, e.SizeMiB)] = true
+			}
+		}
+	}
+	var unanswered []string
+	for _, line := range taken {
+		if pending[line] {
+			unanswered = append(unanswered, line)
+		}
+	}
+	if len(unanswered) == 0 {
+		t.Fatalf("no request was in the killed SPM's handler (%d handled)", len(taken))
+	}
+
+	spm = startSPMProcess(t, inbox, outbox, handledAgain, envDelay+"=1ms")
+	<-hostsDone
+	again := map[string]bool{}
+	for _, line := range handledLines(t, handledAgain) {
+		again[line] = true
+	}
+	for _, line := range unanswered {
+		if !again[line] {
+			t.Errorf("request %s, taken by the killed SPM and not answered, was not handled again", line)
+		}
+	}
+	t.Logf("killed SPM: %d handled, %d of them unanswered; new SPM: %d handled", len(taken), len(unanswered), len(again))
 	spm.stop(t)
 }
 
@@ -339,9 +371,9 @@ func TestProcessesTornWrites(t *testing.T) {
 		if mb.Valid() {
 			t.Fatalf("torn mailbox %d passes the checksum", i)
 		}
+		mismatches := spm.report(t).Stats.BadChecksums
 		host.hostWrite(id, mb)
-		mismatches := strings.Count(spm.log(), "checksum mismatch")
-		waitFor(t, patience, "the SPM to see the torn mailbox", func() bool { return strings.Count(spm.log(), "checksum mismatch") > mismatches })
+		waitFor(t, patience, "the SPM to see the torn mailbox", func() bool { return spm.report(t).Stats.BadChecksums > mismatches })
 		time.Sleep(100 * time.Millisecond) // several full scans and rechecks
 		if n := len(handledLines(t, handled)); n != 1 {
 			t.Fatalf("torn mailbox %d acted on: %d requests handled\n%s", i, n, handledLines(t, handled))

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,18 +22,27 @@ type Request struct {
 
 // Handler serves extend requests. The SPM calls HandleExtend from its loop, once for
 // each new request, and does not wait for the answer: the handler must return at once
-// and answer through reply, then or later, from any goroutine. ctx is cancelled when
-// the request is withdrawn (its slot changed: the host restarted or gave up) or the SPM
-// stops; an answer after that is dropped. A request the handler keeps unanswered stays
-// pending across rescans; an SPM that restarts is handed every request again, so
-// extending must be idempotent ("extend to N").
+// and answer through reply, then or later, from any goroutine.
+//
+// Each request handed over must be answered exactly once, Grant or Fail, even after ctx
+// has ended (the answer is then dropped and returns ErrWithdrawn): until its answer a
+// request holds one of the SPM's MaxHandling places, and new requests wait for a place.
+//
+// ctx ends when the request is withdrawn (its slot changed: the host restarted or gave
+// up) or the SPM stops. It may end waits (for free extents, for a lock), but must not
+// bound an lvextend: a host losing interest must not get LVM killed mid-commit. Run LVM
+// under a context of its own, such as context.WithoutCancel(ctx) with its own timeout.
+//
+// A request the handler keeps unanswered stays pending across rescans; an SPM that
+// restarts is handed every request again, so extending must be idempotent ("extend to N").
 type Handler interface {
 	HandleExtend(ctx context.Context, req Request, reply *Reply)
 }
 
 // HandlerFunc adapts a synchronous function to Handler, running each call in its own
-// goroutine: an error, or a size Grant refuses, answers failure; otherwise the size
-// returned is granted.
+// goroutine (so at most MaxHandling of them at once): an error, or a size Grant refuses,
+// answers failure; otherwise the size returned is granted. ctx is the Handler's, with
+// its rule: it must not bound LVM commands.
 type HandlerFunc func(ctx context.Context, req Request) (grantedMiB uint64, err error)
 
 // HandleExtend implements Handler.
@@ -65,7 +75,8 @@ type Reply struct {
 	answered atomic.Bool
 }
 
-// Grant answers success: the volume now has sizeMiB, at least the size asked for.
+// Grant answers success: the volume now has sizeMiB, at least the size asked for. A
+// size out of range is refused and answers nothing.
 func (r *Reply) Grant(sizeMiB uint64) error {
 	if sizeMiB < r.req.SizeMiB || sizeMiB > MaxSizeMiB {
 		return fmt.Errorf("grant %d MiB for a request of %d MiB: out of range %d..%d", sizeMiB, r.req.SizeMiB, r.req.SizeMiB, uint64(MaxSizeMiB))
@@ -76,14 +87,18 @@ func (r *Reply) Grant(sizeMiB uint64) error {
 // Fail answers failure (a reply of size 0); reason is logged.
 func (r *Reply) Fail(reason error) error { return r.answer(0, reason) }
 
+// answer hands the reply to the SPM loop, which writes it unless the request was
+// withdrawn, and frees the request's handler place either way.
 func (r *Reply) answer(sizeMiB uint64, reason error) error {
-	if err := r.ctx.Err(); err != nil {
-		return fmt.Errorf("%w: %w", ErrWithdrawn, context.Cause(r.ctx))
-	}
 	if r.answered.Swap(true) {
 		return ErrAnswered
 	}
+	// Looked at first: writing the answer ends the context too.
+	withdrawn := r.ctx.Err() != nil
 	r.spm.enqueueAnswer(answer{host: r.req.HostID, slot: r.req.Slot, gen: r.gen, msg: replyFor(r.msg, sizeMiB), reason: reason})
+	if withdrawn {
+		return fmt.Errorf("%w: %w", ErrWithdrawn, context.Cause(r.ctx))
+	}
 	return nil
 }
 
@@ -104,8 +119,15 @@ type SPMConfig struct {
 	// grows with the quiet time (1/50 of it, so the added delay stays near 1% of the gap
 	// between requests) up to EventPollMax, which sets the idle cost.
 	EventPollMin, EventPollMax time.Duration
-	// ScanInterval is the period of full scans, which find hosts that write no events.
+	// ScanInterval is the period of full scans, which find hosts that write no events and
+	// write again the outbox mailboxes someone else overwrote.
 	ScanInterval time.Duration
+
+	// MaxHandling caps the requests handed to the Handler and not answered yet (so the
+	// goroutines of a HandlerFunc); later ones wait, in the order they were found.
+	MaxHandling int
+	// IgnoreSignatures opens volumes that carry a known signature (VolumeOptions).
+	IgnoreSignatures bool
 }
 
 // Defaults of SPMConfig.
@@ -113,7 +135,11 @@ const (
 	DefaultEventPollMin = time.Millisecond
 	DefaultEventPollMax = 100 * time.Millisecond
 	DefaultScanInterval = 2 * time.Second
+	DefaultMaxHandling  = 64 // LVM serialises a VG's changes anyway
 	spmPollRatio        = 50
+	// noticeEvery is how often a warning that repeats for one host (bad checksums, bad
+	// messages, an overwritten outbox) is logged; the repeats in between are counted.
+	noticeEvery = time.Minute
 )
 
 // SPMStats counts the SPM's work since it started.
@@ -124,13 +150,17 @@ type SPMStats struct {
 	Writes       uint64 // outbox writes
 	IOErrors     uint64
 	BadChecksums uint64 // mailboxes skipped as torn or corrupt
-	Requests     uint64 // requests handed to the handler
+	BadMessages  uint64 // unknown opcodes and malformed requests
+	Requests     uint64 // requests found (handed to the handler, or waiting for a place)
 	Replies      uint64 // replies written
 	Withdrawn    uint64 // requests whose slot changed before they were answered
+	OutboxReads  uint64 // UsedSize reads of the outbox, one per periodic scan
+	Reasserted   uint64 // outbox mailboxes found overwritten and written again
 }
 
 type spmCounters struct {
-	eventReads, fullScans, hostReads, writes, ioErrors, badChecksums, requests, replies, withdrawn atomic.Uint64
+	eventReads, fullScans, hostReads, writes, ioErrors, badChecksums, badMessages, requests, replies,
+	withdrawn, outboxReads, reasserted atomic.Uint64
 }
 
 // SPM is the Storage Pool Manager's side of the mailbox: it finds requests in the inbox,
@@ -158,13 +188,16 @@ type SPM struct {
 	ctx        context.Context
 	view       [NumMailboxes]Mailbox // inbox as last read and found valid
 	outbox     []byte                // the outbox as written (aligned, UsedSize)
-	scanBuf    []byte                // aligned, UsedSize
+	scanBuf    []byte                // aligned, UsedSize: the inbox, then the outbox as read
 	hostBuf    []byte                // aligned, BlockSize
 	pending    [NumMailboxes][MessagesPerMbox]*pendingRequest
+	waiting    []*pendingRequest // found while every handler place was taken, oldest first
+	handling   int               // requests handed to the handler and not answered yet
 	gen        uint64
 	dirty      hostSet
-	badSig     [NumMailboxes]uint64 // the last torn/corrupt content seen, to log and recheck it once
+	badSig     [NumMailboxes]uint64 // the last torn/corrupt content seen, to recheck it once
 	recheck    hostSet
+	notices    [NumMailboxes][noticeKinds]notice
 	lastEvent  [20]byte
 	lastActive time.Time
 	writeRetry backoff
@@ -172,9 +205,48 @@ type SPM struct {
 	readPause  time.Time // no polls or scans before this, after a read failed
 }
 
+// pendingRequest is a request found and not answered: waiting for a handler place
+// (cancel is nil), or with the handler.
 type pendingRequest struct {
 	gen    uint64
+	req    Request
+	msg    Message
 	cancel context.CancelCauseFunc
+}
+
+// The warnings logged at most once per noticeEvery and host.
+const (
+	noticeChecksum = iota
+	noticeMessage
+	noticeOutbox
+	noticeKinds
+)
+
+// notice rate-limits one repeated warning.
+type notice struct {
+	next    time.Time
+	repeats int
+}
+
+// due reports whether the warning is to be logged at now, and how many times it was
+// held back since the last one.
+func (n *notice) due(now time.Time) (bool, int) {
+	if now.Before(n.next) {
+		n.repeats++
+		return false, 0
+	}
+	held := n.repeats
+	n.next, n.repeats = now.Add(noticeEvery), 0
+	return true, held
+}
+
+// warn logs a warning about host id, at most once per noticeEvery for each kind.
+func (s *SPM) warn(id, kind int, now time.Time) *zerolog.Event {
+	due, held := s.notices[id][kind].due(now)
+	if !due {
+		return nil // a nil event logs nothing
+	}
+	return s.log.Warn().Int("host", id).Int("held_back", held)
 }
 
 var errSPMClosed = errors.New("SPM closed")
@@ -197,7 +269,10 @@ func OpenSPM(cfg SPMConfig) (*SPM, error) {
 	cfg.EventPollMin = orDefault(cfg.EventPollMin, DefaultEventPollMin)
 	cfg.EventPollMax = max(orDefault(cfg.EventPollMax, DefaultEventPollMax), cfg.EventPollMin)
 	cfg.ScanInterval = orDefault(cfg.ScanInterval, DefaultScanInterval)
-	in, out, err := openVolumes(cfg.Inbox, cfg.Outbox)
+	if cfg.MaxHandling <= 0 {
+		cfg.MaxHandling = DefaultMaxHandling
+	}
+	in, out, err := openVolumes(cfg.Inbox, cfg.Outbox, VolumeOptions{IgnoreSignatures: cfg.IgnoreSignatures})
 	if err != nil {
 		return nil, fmt.Errorf("spm: %w", err)
 	}
@@ -265,7 +340,19 @@ func (s *SPM) AddLocal(h *Host) {
 	s.mu.Lock()
 	s.local[h.id] = h
 	s.mu.Unlock()
-	h.setWakeSPM(s.Wake)
+	h.spm.Store(s)
+}
+
+// RemoveLocal undoes AddLocal, for when the SPM role leaves this process and its host
+// goes on: h polls on its own again and this SPM forgets it. A link h has made to
+// another SPM since is left alone.
+func (s *SPM) RemoveLocal(h *Host) {
+	s.mu.Lock()
+	if s.local[h.id] == h {
+		delete(s.local, h.id)
+	}
+	s.mu.Unlock()
+	h.spm.CompareAndSwap(s, nil)
 }
 
 // Stats returns the SPM's counters.
@@ -274,7 +361,8 @@ func (s *SPM) Stats() SPMStats {
 	return SPMStats{
 		EventReads: c.eventReads.Load(), FullScans: c.fullScans.Load(), HostReads: c.hostReads.Load(),
 		Writes: c.writes.Load(), IOErrors: c.ioErrors.Load(), BadChecksums: c.badChecksums.Load(),
-		Requests: c.requests.Load(), Replies: c.replies.Load(), Withdrawn: c.withdrawn.Load(),
+		BadMessages: c.badMessages.Load(), Requests: c.requests.Load(), Replies: c.replies.Load(),
+		Withdrawn: c.withdrawn.Load(), OutboxReads: c.outboxReads.Load(), Reasserted: c.reasserted.Load(),
 	}
 }
 
@@ -330,10 +418,12 @@ func (s *SPM) run() {
 		switch {
 		case !now.Before(nextScan):
 			s.fullScan(now)
+			s.reassert(now)
 			lastPoll, nextScan = now, now.Add(s.cfg.ScanInterval)
 		case !now.Before(nextEvent):
+			// Only a mailbox that changed counts as activity (examine): a host that writes
+			// the events block alone, in a loop, gets the idle pace, not a scan a millisecond.
 			if s.eventChanged() {
-				s.lastActive = now
 				s.fullScan(now)
 			}
 			lastPoll = now
@@ -383,10 +473,10 @@ func (s *SPM) retry(what string, op func() error) bool {
 	}
 }
 
-// read fills buf from the inbox. After a failure, polls and scans pause for a backoff
-// that grows while the failures last.
-func (s *SPM) read(buf []byte, off int64, what string) bool {
-	if err := s.in.ReadAt(buf, off); err != nil {
+// read fills buf from v. After a failure, polls and scans pause for a backoff that
+// grows while the failures last.
+func (s *SPM) read(v *Volume, buf []byte, off int64, what string) bool {
+	if err := v.ReadAt(buf, off); err != nil {
 		s.stats.ioErrors.Add(1)
 		wait := s.readRetry.next()
 		s.readPause = time.Now().Add(wait)
@@ -399,7 +489,7 @@ func (s *SPM) read(buf []byte, off int64, what string) bool {
 
 func (s *SPM) eventChanged() bool {
 	s.stats.eventReads.Add(1)
-	return s.read(s.hostBuf, 0, "the events block") && s.noteEvent(s.hostBuf)
+	return s.read(s.in, s.hostBuf, 0, "the events block") && s.noteEvent(s.hostBuf)
 }
 
 // noteEvent records the events block's first 20 bytes and reports whether they changed.
@@ -413,12 +503,10 @@ func (s *SPM) noteEvent(block []byte) bool {
 
 func (s *SPM) fullScan(now time.Time) {
 	s.stats.fullScans.Add(1)
-	if !s.read(s.scanBuf, 0, "the mailboxes") {
+	if !s.read(s.in, s.scanBuf, 0, "the mailboxes") {
 		return
 	}
-	if s.noteEvent(s.scanBuf) {
-		s.lastActive = now
-	}
+	s.noteEvent(s.scanBuf)
 	for id := MinHostID; id <= MaxHostID; id++ {
 		s.examine(id, (*Mailbox)(s.scanBuf[blockOffset(id):]), now)
 	}
@@ -441,7 +529,7 @@ func (s *SPM) readHosts(ids hostSet, now time.Time) {
 			continue
 		}
 		s.stats.hostReads.Add(1)
-		if !s.read(s.hostBuf, blockOffset(id), "a host's mailbox") {
+		if !s.read(s.in, s.hostBuf, blockOffset(id), "a host's mailbox") {
 			continue
 		}
 		s.examine(id, (*Mailbox)(s.hostBuf), now)
@@ -458,11 +546,11 @@ func (s *SPM) examine(id int, mb *Mailbox, now time.Time) {
 		sig := uint64(mb.StoredChecksum())<<32 | uint64(mb.Checksum())
 		s.stats.badChecksums.Add(1)
 		if s.badSig[id] != sig {
-			// Log and recheck each new bad content once: a torn read is soon whole, while a
+			// Recheck each new bad content once: a torn read is soon whole, while a
 			// corrupt mailbox is only looked at again by the regular scans.
 			s.badSig[id] = sig
 			s.recheck.add(id)
-			s.log.Warn().Int("host", id).Uint32("stored", mb.StoredChecksum()).Uint32("computed", mb.Checksum()).
+			s.warn(id, noticeChecksum, now).Uint32("stored", mb.StoredChecksum()).Uint32("computed", mb.Checksum()).
 				Msg("mailbox checksum mismatch (torn or corrupt); skipped, looking again")
 		}
 		return
@@ -471,20 +559,18 @@ func (s *SPM) examine(id int, mb *Mailbox, now time.Time) {
 	s.lastActive = now
 	for slot := range MessagesPerMbox {
 		if m := mb.Slot(slot); m != view.Slot(slot) {
-			s.slotChanged(id, slot, m)
+			s.slotChanged(id, slot, m, now)
 		}
 	}
 	*view = *mb
 }
 
-func (s *SPM) slotChanged(id, slot int, m Message) {
+func (s *SPM) slotChanged(id, slot int, m Message, now time.Time) {
 	if p := s.pending[id][slot]; p != nil {
-		p.cancel(ErrWithdrawn)
-		s.pending[id][slot] = nil
+		s.withdraw(p, ErrWithdrawn)
 		s.stats.withdrawn.Add(1)
 		s.log.Debug().Int("host", id).Int("slot", slot).Msg("request withdrawn before its reply")
 	}
-	log := s.log.With().Int("host", id).Int("slot", slot).Logger()
 	switch m.Kind() {
 	case KindEmpty:
 	case KindClean:
@@ -494,30 +580,56 @@ func (s *SPM) slotChanged(id, slot int, m Message) {
 	case KindExtend:
 		ext, err := DecodeExtend(m)
 		if errors.Is(err, errMalformedSize) {
-			log.Warn().Err(err).Msg("malformed extend request; answering failure")
+			s.stats.badMessages.Add(1)
+			s.warn(id, noticeMessage, now).Int("slot", slot).Err(err).Msg("malformed extend request; answering failure")
 			s.setOutSlot(id, slot, replyFor(m, 0))
 			return
 		}
-		s.dispatch(Request{HostID: id, Slot: slot, Extend: ext}, m, log)
+		s.dispatch(Request{HostID: id, Slot: slot, Extend: ext}, m)
 	default:
-		log.Warn().Hex("message", m[:]).Msg("unknown message type; not answered")
+		s.stats.badMessages.Add(1)
+		s.warn(id, noticeMessage, now).Int("slot", slot).Hex("message", m[:]).Msg("unknown message type; not answered")
 	}
 }
 
-func (s *SPM) dispatch(req Request, m Message, log zerolog.Logger) {
+// withdraw forgets a pending request: its handler's context ends with cause, or it
+// leaves the queue of those waiting for a place.
+func (s *SPM) withdraw(p *pendingRequest, cause error) {
+	s.pending[p.req.HostID][p.req.Slot] = nil
+	if p.cancel != nil {
+		p.cancel(cause)
+		return
+	}
+	s.waiting = slices.DeleteFunc(s.waiting, func(w *pendingRequest) bool { return w == p })
+}
+
+func (s *SPM) dispatch(req Request, m Message) {
 	s.gen++
-	ctx, cancel := context.WithCancelCause(s.ctx)
-	s.pending[req.HostID][req.Slot] = &pendingRequest{gen: s.gen, cancel: cancel}
+	p := &pendingRequest{gen: s.gen, req: req, msg: m}
+	s.pending[req.HostID][req.Slot] = p
 	s.stats.requests.Add(1)
-	log.Debug().Stringer("domain", req.Domain).Stringer("volume", req.Volume).Uint64("size_mib", req.SizeMiB).Msg("extend request")
-	reply := &Reply{spm: s, ctx: ctx, req: req, msg: m, gen: s.gen}
+	s.log.Debug().Int("host", req.HostID).Int("slot", req.Slot).Stringer("domain", req.Domain).Stringer("volume", req.Volume).
+		Uint64("size_mib", req.SizeMiB).Int("waiting", len(s.waiting)).Msg("extend request")
+	if s.handling < s.cfg.MaxHandling {
+		s.hand(p)
+	} else {
+		s.waiting = append(s.waiting, p)
+	}
+}
+
+// hand gives p to the handler; it holds a handler place until its answer.
+func (s *SPM) hand(p *pendingRequest) {
+	s.handling++
+	ctx, cancel := context.WithCancelCause(s.ctx)
+	p.cancel = cancel
+	reply := &Reply{spm: s, ctx: ctx, req: p.req, msg: p.msg, gen: p.gen}
 	defer func() {
 		if r := recover(); r != nil {
-			log.Error().Interface("panic", r).Msg("extend handler panicked; answering failure")
+			s.log.Error().Int("host", p.req.HostID).Int("slot", p.req.Slot).Interface("panic", r).Msg("extend handler panicked; answering failure")
 			reply.Fail(fmt.Errorf("handler panic: %v", r))
 		}
 	}()
-	s.cfg.Handler.HandleExtend(ctx, req, reply)
+	s.cfg.Handler.HandleExtend(ctx, p.req, reply)
 }
 
 // applyAnswers puts the handler's answers into the outbox; it reports whether there were any.
@@ -527,6 +639,7 @@ func (s *SPM) applyAnswers() bool {
 	s.answers = nil
 	s.mu.Unlock()
 	for _, a := range answers {
+		s.handling--
 		p := s.pending[a.host][a.slot]
 		if p == nil || p.gen != a.gen {
 			continue // withdrawn in the meantime
@@ -539,7 +652,31 @@ func (s *SPM) applyAnswers() bool {
 			s.log.Warn().Err(a.reason).Int("host", a.host).Int("slot", a.slot).Msg("extend failed; replying failure")
 		}
 	}
+	for s.handling < s.cfg.MaxHandling && len(s.waiting) > 0 {
+		p := s.waiting[0]
+		s.waiting = s.waiting[1:]
+		s.hand(p)
+	}
 	return len(answers) > 0
+}
+
+// reassert reads the outbox and writes again the mailboxes that differ from what this
+// SPM wrote: someone overwrote them (an operator's mailbox init, an old SPM's last
+// write), and a host waiting there for its reply or CLEAN echo never asks again.
+func (s *SPM) reassert(now time.Time) {
+	s.stats.outboxReads.Add(1)
+	if !s.read(s.out, s.scanBuf, 0, "the outbox") {
+		return
+	}
+	for id := MinHostID; id <= MaxHostID; id++ {
+		off := blockOffset(id)
+		if s.dirty.has(id) || bytes.Equal(s.scanBuf[off:off+BlockSize], s.outbox[off:off+BlockSize]) {
+			continue
+		}
+		s.dirty.add(id)
+		s.stats.reasserted.Add(1)
+		s.warn(id, noticeOutbox, now).Msg("outbox mailbox overwritten by another writer; writing it again")
+	}
 }
 
 func (s *SPM) outSlot(id, slot int) Message {
@@ -584,10 +721,9 @@ func (s *SPM) flush(retryAt *time.Time) {
 
 func (s *SPM) cancelPending() {
 	for id := range s.pending {
-		for slot, p := range s.pending[id] {
+		for _, p := range s.pending[id] {
 			if p != nil {
-				p.cancel(errSPMClosed)
-				s.pending[id][slot] = nil
+				s.withdraw(p, errSPMClosed)
 			}
 		}
 	}

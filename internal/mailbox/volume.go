@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 	"unsafe"
 
+	"github.com/lvwatch/lvwatch/internal/signature"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,17 +19,42 @@ type Volume struct {
 	fd   int
 }
 
-// ErrDirectIO is wrapped by OpenVolume's error when the file system refuses O_DIRECT.
-var ErrDirectIO = errors.New("O_DIRECT refused")
+// Errors wrapped by OpenVolume's.
+var (
+	// ErrDirectIO: the file system refuses O_DIRECT.
+	ErrDirectIO = errors.New("O_DIRECT refused")
+	// ErrSignature: the volume carries a known signature (an LVM2 label, a partition
+	// table, a file system), so it is not a mailbox volume and writing would destroy it.
+	ErrSignature = errors.New("carries a known signature")
+)
+
+// VolumeOptions say how OpenVolume opens a volume for writing.
+type VolumeOptions struct {
+	Create bool // a missing file is created, sized for the 250 mailboxes
+	// IgnoreSignatures opens a volume whose first sectors carry a known signature
+	// (signature.Probe), which OpenVolume otherwise refuses: a mailbox volume holds only
+	// zeros and the events block there, and a mistyped path must not destroy a PV.
+	IgnoreSignatures bool
+}
 
 // OpenVolume opens path for O_DIRECT reads and writes and checks that it holds the
-// 250 mailboxes (1,024,000 bytes). With create, a missing file is created that size.
-func OpenVolume(path string, create bool) (*Volume, error) {
+// 250 mailboxes (1,024,000 bytes) and no known signature.
+func OpenVolume(path string, opts VolumeOptions) (*Volume, error) {
 	flags := unix.O_RDWR
-	if create {
+	if opts.Create {
 		flags |= unix.O_CREAT
 	}
-	return openVolume(path, flags)
+	v, err := openVolume(path, flags)
+	if err != nil {
+		return nil, err
+	}
+	if !opts.IgnoreSignatures {
+		if err := v.refuseSignatures(); err != nil {
+			v.Close()
+			return nil, err
+		}
+	}
+	return v, nil
 }
 
 // OpenVolumeReadOnly opens path for O_DIRECT reads only, for looking at the
@@ -60,6 +87,18 @@ func openVolume(path string, flags int) (*Volume, error) {
 		return nil, err
 	}
 	return v, nil
+}
+
+// refuseSignatures fails when the volume's first sectors carry a known signature.
+func (v *Volume) refuseSignatures() error {
+	buf := AlignedBuffer(signature.ProbeSize)
+	if err := v.ReadAt(buf, 0); err != nil {
+		return err
+	}
+	if found := signature.Probe(buf); len(found) > 0 {
+		return fmt.Errorf("%s %w: %s; it is not a mailbox volume and writing the mailboxes would destroy it", v.path, ErrSignature, strings.Join(found, ", "))
+	}
+	return nil
 }
 
 func openRetry(path string, flags int) (int, error) {
@@ -177,14 +216,14 @@ func (b *backoff) next() time.Duration {
 func (b *backoff) reset() { b.cur = 0 }
 
 // openVolumes opens an inbox and an outbox, closing the first if the second fails.
-func openVolumes(inbox, outbox string) (in, out *Volume, err error) {
+func openVolumes(inbox, outbox string, opts VolumeOptions) (in, out *Volume, err error) {
 	if inbox == "" || outbox == "" {
 		return nil, nil, errors.New("both an inbox and an outbox path are needed")
 	}
-	if in, err = OpenVolume(inbox, false); err != nil {
+	if in, err = OpenVolume(inbox, opts); err != nil {
 		return nil, nil, err
 	}
-	if out, err = OpenVolume(outbox, false); err != nil {
+	if out, err = OpenVolume(outbox, opts); err != nil {
 		in.Close()
 		return nil, nil, err
 	}

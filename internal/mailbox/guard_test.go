@@ -1,0 +1,267 @@
+package mailbox
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lvwatch/lvwatch/internal/lvm/lvmtest"
+	"github.com/rs/zerolog"
+)
+
+// A volume whose first sectors carry a known signature (here a real LVM2 PV on a loop
+// device) is refused by OpenVolume, OpenHost and OpenSPM, and left as it was; forced, it
+// opens.
+func TestOpenRefusesSignatures(t *testing.T) {
+	env := lvmtest.New(t, 2, 2<<20)
+	pv, outbox := env.Paths()[0], env.Paths()[1]
+	env.MustRun("pvcreate", "-q", pv)
+	if v, err := OpenVolume(pv, VolumeOptions{}); !errors.Is(err, ErrSignature) || !strings.Contains(err.Error(), "LVM2 physical volume") {
+		if err == nil {
+			v.Close()
+		}
+		t.Fatalf("OpenVolume(PV) = %v, want ErrSignature naming LVM2", err)
+	}
+	if _, err := OpenHost(HostConfig{Inbox: pv, Outbox: outbox, HostID: 1}); !errors.Is(err, ErrSignature) {
+		t.Errorf("OpenHost with a PV as inbox = %v", err)
+	}
+	if _, err := OpenSPM(SPMConfig{Inbox: outbox, Outbox: pv, Handler: &recorder{}}); !errors.Is(err, ErrSignature) {
+		t.Errorf("OpenSPM with a PV as outbox = %v", err)
+	}
+	env.MustRun("pvs", pv) // still a PV
+	v, err := OpenVolume(pv, VolumeOptions{IgnoreSignatures: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+}
+
+// Requests no SPM answers, whose callers all gave up, are withdrawn once AbandonAfter
+// old: 63 of them no longer wedge the host. A request a caller still waits for stays.
+func TestAbandonedRequestsWithdrawn(t *testing.T) {
+	inbox, outbox := testVolumes(t)
+	h, err := OpenHost(HostConfig{Inbox: inbox, Outbox: outbox, HostID: 14, Log: testLog(t), AbandonAfter: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeNow(h) })
+	ctx, giveUp := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for i := range MessagesPerMbox {
+		wg.Go(func() {
+			if _, err := h.Extend(ctx, refDomain, volumeUUID(i), 100); !errors.Is(err, context.Canceled) {
+				t.Errorf("Extend = %v, want the caller's cancel", err)
+			}
+		})
+	}
+	waitFor(t, patience, "every slot taken", func() bool { return h.Stats().Requests == MessagesPerMbox })
+	giveUp()
+	wg.Wait()
+	waitFor(t, patience, "the abandoned requests withdrawn", func() bool {
+		return h.Stats().Withdrawn == MessagesPerMbox && !hostBusy(h)
+	})
+
+	done := make(chan error, 1)
+	go func() { _, err := h.Extend(context.Background(), refDomain, volumeUUID(100), 100); done <- err }()
+	waitFor(t, patience, "the waited-for request", func() bool { return hostBusy(h) })
+	time.Sleep(200 * time.Millisecond) // four times AbandonAfter
+	if n := h.Stats().Withdrawn; n != MessagesPerMbox {
+		t.Fatalf("%d requests withdrawn, want %d: one a caller waits for was withdrawn", n, MessagesPerMbox)
+	}
+	fastSPM(t, inbox, outbox, &recorder{})
+	waitNoError(t, done, "no reply once an SPM came")
+}
+
+// lines is a log destination that counts messages.
+type lines struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lines) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.b.String(), s)
+}
+
+// A host writing ever new bad checksums or unknown opcodes gets one warning per
+// interval, not one per content.
+func TestSPMLogsRepeatsOnce(t *testing.T) {
+	inbox, outbox := testVolumes(t)
+	log := &lines{}
+	s, err := OpenSPM(SPMConfig{Inbox: inbox, Outbox: outbox, Handler: &recorder{}, Log: zerolog.New(log), ScanInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	host := openRaw(t, inbox, outbox)
+	good, _ := refExtend.Encode()
+	for i := range 5 {
+		var corrupt Mailbox
+		corrupt.SetSlot(0, good)
+		corrupt.Seal()
+		corrupt[checksumOffset] += byte(1 + i) // a new wrong checksum each time
+		n := s.Stats().BadChecksums
+		host.hostWrite(21, corrupt)
+		waitFor(t, patience, "the checksum mismatch", func() bool { return s.Stats().BadChecksums > n })
+
+		unknown := good
+		copy(unknown[1:5], "mrge")
+		unknown[10] = byte(i)
+		var mb Mailbox
+		mb.SetSlot(0, unknown)
+		mb.Seal()
+		n = s.Stats().BadMessages
+		host.hostWrite(22, mb)
+		waitFor(t, patience, "the unknown message", func() bool { return s.Stats().BadMessages > n })
+	}
+	for _, msg := range []string{"checksum mismatch", "unknown message type"} {
+		if n := log.count(msg); n != 1 {
+			t.Errorf("%q logged %d times, want once", msg, n)
+		}
+	}
+}
+
+// At most MaxHandling requests are with the handler unanswered; the others wait and
+// are handed over, in order, as answers free places.
+func TestHandlerPlacesCapped(t *testing.T) {
+	inbox, outbox := testVolumes(t)
+	rec := &recorder{hold: true}
+	s, err := OpenSPM(SPMConfig{Inbox: inbox, Outbox: outbox, Handler: rec, Log: testLog(t), ScanInterval: 50 * time.Millisecond, MaxHandling: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	h := openTestHost(t, inbox, outbox, 15)
+	s.AddLocal(h)
+	const n = 12
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if _, err := h.Extend(context.Background(), refDomain, volumeUUID(i), 100); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	waitFor(t, patience, "the host's requests", func() bool { return h.Stats().Requests == n })
+	scans := s.Stats().FullScans
+	waitFor(t, patience, "three more scans", func() bool { return s.Stats().FullScans >= scans+3 })
+	if got := rec.count(); got != 5 {
+		t.Fatalf("handler holds %d requests, want MaxHandling = 5", got)
+	}
+	for i := range n {
+		var r *Reply
+		waitFor(t, patience, "the next request for the handler", func() bool {
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			if len(rec.held) > i {
+				r = rec.held[i]
+			}
+			return r != nil
+		})
+		if got := rec.count(); got > i+5 {
+			t.Fatalf("%d requests handed over with %d answered", got, i)
+		}
+		if err := r.Grant(100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+}
+
+// After RemoveLocal the host no longer wakes the SPM (nor the SPM the host), and
+// still gets its answers through the volumes.
+func TestRemoveLocal(t *testing.T) {
+	inbox, outbox := testVolumes(t)
+	s := fastSPM(t, inbox, outbox, &recorder{})
+	h := openTestHost(t, inbox, outbox, 16)
+	s.AddLocal(h)
+	if _, err := h.Extend(context.Background(), refDomain, refVolume, 100); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, patience, "the handshake", func() bool { return !hostBusy(h) })
+	if s.Stats().HostReads == 0 {
+		t.Fatal("the co-located host never woke the SPM")
+	}
+	s.RemoveLocal(h)
+	reads := s.Stats().HostReads
+	if _, err := h.Extend(context.Background(), refDomain, refVolume, 200); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, patience, "the handshake", func() bool { return !hostBusy(h) })
+	if got := s.Stats().HostReads; got != reads {
+		t.Errorf("the removed host woke the SPM: %d host reads, want %d", got, reads)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.local) != 0 {
+		t.Errorf("SPM still links %v", s.local)
+	}
+}
+
+// The SPM writes again the reply and the CLEAN echo someone overwrote (here zeroed,
+// as an operator's mailbox init does): a vdsm host waiting for them is not stuck.
+// The request is not handled again for it.
+func TestProcessesSPMReassertsOutbox(t *testing.T) {
+	inbox, outbox := testVolumes(t)
+	handled := filepath.Join(t.TempDir(), "handled")
+	spm := startSPMProcess(t, inbox, outbox, handled, envScan+"=50ms")
+	host := openRaw(t, inbox, outbox)
+	host.hostWrite(refHost, refBlock(t, "host7-request-mailbox.bin"))
+	reply := refBlock(t, "host7-reply-mailbox.bin")
+	var echo Mailbox
+	echo.SetSlot(0, CleanMessage)
+	for _, step := range []struct {
+		what string
+		want Mailbox
+	}{{"the reply", reply}, {"the CLEAN echo", echo}} {
+		if step.want == echo {
+			host.hostWrite(refHost, refBlock(t, "host7-clean-mailbox.bin"))
+		}
+		waitFor(t, patience, step.what, func() bool { return host.read(host.out, refHost) == step.want })
+		host.write(host.out, refHost, Mailbox{})
+		waitFor(t, patience, step.what+" written again", func() bool { return host.read(host.out, refHost) == step.want })
+	}
+	if r := spm.report(t); r.Stats.Reasserted < 2 || r.Stats.OutboxReads == 0 {
+		t.Errorf("SPM stats %+v: want the two mailboxes reasserted", r.Stats)
+	}
+	if lines := handledLines(t, handled); len(lines) != 1 {
+		t.Errorf("handled %v, want the request once", lines)
+	}
+	spm.stop(t)
+}
+
+// A host that writes its events block in a loop, with no mailbox change behind it, does
+// not drive the SPM to a full scan every millisecond: it gets the idle pace. (An upper
+// bound on the SPM's work: a slow machine only makes it easier to meet.)
+func TestProcessesEventNoise(t *testing.T) {
+	inbox, outbox := testVolumes(t)
+	handled := filepath.Join(t.TempDir(), "handled")
+	spm := startSPMProcess(t, inbox, outbox, handled)
+	host := openRaw(t, inbox, outbox)
+	time.Sleep(time.Second) // the SPM settles to its idle pace
+	before := spm.report(t).Stats
+	writes := 0
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); writes++ {
+		host.write(host.in, 0, EncodeEvent(EventID{byte(writes), byte(writes >> 8), byte(writes >> 16), 0xee}))
+	}
+	after := spm.report(t).Stats
+	// Unbounded, the SPM scans at its 1 ms pace: up to 2000 scans here.
+	if scans := after.FullScans - before.FullScans; scans > 150 {
+		t.Errorf("%d full scans for %d events-block writes in 2 s with no mailbox change", scans, writes)
+	}
+	host.hostWrite(refHost, refBlock(t, "host7-request-mailbox.bin"))
+	want := refBlock(t, "host7-reply-mailbox.bin")
+	waitFor(t, patience, "the reply", func() bool { return host.read(host.out, refHost) == want })
+	spm.stop(t)
+}
