@@ -1,6 +1,7 @@
 package lvm_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -15,7 +16,7 @@ import (
 // command that reads the same metadata.
 func BenchmarkReadVGTable(b *testing.B) {
 	f := newFixture(b, "lvwatch-b-read", 90)
-	vg, err := lvm.ReadVG(f.vg, f.env.Paths())
+	vg, err := lvm.ReadVG(b.Context(), f.vg, f.env.Paths())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -28,14 +29,17 @@ func BenchmarkReadVGTable(b *testing.B) {
 	b.Logf("LV %s: %d segments; VG text %d bytes", lv, nseg, vg.Copies[0].Location.Size())
 
 	for _, mode := range []struct {
-		name    string
-		devices []string
-	}{{"devices", f.env.Paths()}, {"scan", nil}} {
+		name string
+		read func(ctx context.Context) (*lvm.VG, error)
+	}{
+		{"devices", func(ctx context.Context) (*lvm.VG, error) { return lvm.ReadVG(ctx, f.vg, f.env.Paths()) }},
+		{"scan", func(ctx context.Context) (*lvm.VG, error) { return lvm.ScanVG(ctx, f.vg, &lvm.HostConfig{}) }},
+	} {
 		b.Run(mode.name, func(b *testing.B) {
 			var lat []time.Duration
 			for b.Loop() {
 				t0 := time.Now()
-				vg, err := lvm.ReadVG(f.vg, mode.devices)
+				vg, err := mode.read(b.Context())
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -277,3 +277,31 @@ func TestRealMetadata(t *testing.T) {
 // realMetadataSummary is lvm's own view of testdata/lvm2-metadata.txt when it
 // was captured: per LV, its segment count and its size in extents.
 const realMetadataSummary = "lvwatch-seed seqno 19 extent 2048 PVs 3: lin-a=7/8 lv-b--c=6/6 str2=3/6 str3=2/6"
+
+// FuzzParseDevicesFile: lvm's devices file, which lvm commands rewrite.
+func FuzzParseDevicesFile(f *testing.F) {
+	f.Add([]byte("# LVM uses devices listed in this file.\nVERSION=1.1.2\n" +
+		"IDTYPE=sys_wwid IDNAME=naa.600140512345 DEVNAME=/dev/sdb PVID=DnpfqCA2rE6bj3y69GLrGE5kUcrCclOy\n" +
+		"IDTYPE=devname IDNAME=/dev/sdc1 DEVNAME=/dev/sdc1 PVID=. PART=1\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ids, err := ParseDevicesFile(data)
+		for _, id := range ids {
+			if err == nil && (id.Type == "" || id.Name == "" || id.Part < 0) {
+				t.Fatalf("bad entry accepted: %+v", id)
+			}
+		}
+	})
+}
+
+// FuzzParseFilter: lvm.conf filter patterns, regexes included.
+func FuzzParseFilter(f *testing.F) {
+	f.Add("a|^/dev/sd[ab]$|", "r(.*)", "/dev/sda")
+	f.Add("r{^/dev/disk/by-id/.*}", "a/x/", "/dev/disk/by-id/wwn-1")
+	f.Fuzz(func(t *testing.T, p1, p2, name string) {
+		flt, err := ParseFilter([]string{p1, p2})
+		if err != nil {
+			return
+		}
+		flt.Accepts([]string{name, "/dev/" + name})
+	})
+}

@@ -246,7 +246,7 @@ func (f *fixture) extendUntilWrapped(t testing.TB) {
 func TestReadVGMatchesLVM(t *testing.T) {
 	f := newFixture(t, "lvwatch-t-match", 90)
 
-	vg, err := lvm.ReadVG(f.vg, f.env.Paths())
+	vg, err := lvm.ReadVG(t.Context(), f.vg, f.env.Paths())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +264,7 @@ func TestReadVGMatchesLVM(t *testing.T) {
 	compareWithLVM(t, f.env, vg)
 
 	// Scanning every block device of the host finds the same.
-	scanned, err := lvm.ReadVG(f.vg, nil)
+	scanned, err := lvm.ScanVG(t.Context(), f.vg, &lvm.HostConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,7 +272,7 @@ func TestReadVGMatchesLVM(t *testing.T) {
 
 	// The text wraps around the end of the metadata area: still read right.
 	f.extendUntilWrapped(t)
-	vg, err = lvm.ReadVG(f.vg, f.env.Paths())
+	vg, err = lvm.ReadVG(t.Context(), f.vg, f.env.Paths())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,7 +316,7 @@ func TestStaleAndCorruptCopies(t *testing.T) {
 	f := newFixture(t, "lvwatch-t-stale", 30)
 	dir := t.TempDir()
 	old := copyMetadata(t, dir, "old", f.env.Paths(), 192<<10)
-	oldVG, err := lvm.ReadVG(f.vg, old)
+	oldVG, err := lvm.ReadVG(t.Context(), f.vg, old)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -330,7 +330,7 @@ func TestStaleAndCorruptCopies(t *testing.T) {
 
 	// One PV still has older metadata: the newest wins, with a warning.
 	for _, devs := range [][]string{{old[0], cur[1], cur[2]}, {cur[1], old[0]}, {cur[2], old[0], cur[1]}} {
-		vg, err := lvm.ReadVG(f.vg, devs)
+		vg, err := lvm.ReadVG(t.Context(), f.vg, devs)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -346,7 +346,7 @@ func TestStaleAndCorruptCopies(t *testing.T) {
 			}
 		}
 	}
-	if vg, err := lvm.ReadVG(f.vg, old[:1]); err != nil || vg.Seqno != oldVG.Seqno {
+	if vg, err := lvm.ReadVG(t.Context(), f.vg, old[:1]); err != nil || vg.Seqno != oldVG.Seqno {
 		t.Errorf("old copy alone: %v, %v", vg, err)
 	}
 
@@ -360,13 +360,13 @@ func TestStaleAndCorruptCopies(t *testing.T) {
 		t.Fatalf("text not wrapped: %+v", loc)
 	}
 	flipByte(t, cur[0], int64(loc.Offset2+loc.Len2/2))
-	_, err = lvm.ReadVG(f.vg, cur[:1])
+	_, err = lvm.ReadVG(t.Context(), f.vg, cur[:1])
 	var ce *lvm.ChecksumError
 	if !errors.As(err, &ce) {
 		t.Fatalf("corrupt copy alone: %v, want a checksum error", err)
 	}
 	t.Logf("corrupt copy alone: %v", err)
-	vg, err := lvm.ReadVG(f.vg, cur)
+	vg, err := lvm.ReadVG(t.Context(), f.vg, cur)
 	if err != nil {
 		t.Fatalf("with good copies beside the corrupt one: %v", err)
 	}
@@ -376,16 +376,16 @@ func TestStaleAndCorruptCopies(t *testing.T) {
 
 	// A corrupt byte in the first part too, and in the mda header.
 	flipByte(t, cur[1], int64(loc.Offset1+loc.Len1/2))
-	if _, err := lvm.ReadVG(f.vg, cur[1:2]); !errors.As(err, &ce) {
+	if _, err := lvm.ReadVG(t.Context(), f.vg, cur[1:2]); !errors.As(err, &ce) {
 		t.Errorf("corrupt first part: %v, want a checksum error", err)
 	}
 	flipByte(t, cur[2], int64(info.Areas[0].Header.Start+100))
-	if _, err := lvm.ReadVG(f.vg, cur[2:3]); err == nil || !strings.Contains(err.Error(), "checksum") {
+	if _, err := lvm.ReadVG(t.Context(), f.vg, cur[2:3]); err == nil || !strings.Contains(err.Error(), "checksum") {
 		t.Errorf("corrupt mda header: %v, want a header checksum error", err)
 	} else {
 		t.Logf("corrupt mda header: %v", err)
 	}
-	if _, err := lvm.ReadVG(f.vg, cur); err == nil {
+	if _, err := lvm.ReadVG(t.Context(), f.vg, cur); err == nil {
 		t.Error("every copy corrupt, yet ReadVG succeeded")
 	} else {
 		t.Logf("every copy corrupt: %v", err)
@@ -461,7 +461,7 @@ func TestMergeLikeLVM(t *testing.T) {
 		}
 	}
 	env.MustRun("vgcfgrestore", "-q", "-f", backup, vgName)
-	fromDisk, err := lvm.ReadVG(vgName, p)
+	fromDisk, err := lvm.ReadVG(t.Context(), vgName, p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -592,7 +592,7 @@ func TestMetadataAreaLayouts(t *testing.T) {
 	env.MustRun("lvcreate", "-q", "-y", "-Zn", "-Wn", "-l", "70", "-n", "span", vgName, p[1], p[0])
 	env.MustRun("pvchange", "-q", "--metadataignore", "y", p[2])
 
-	vg, err := lvm.ReadVG(vgName, p)
+	vg, err := lvm.ReadVG(t.Context(), vgName, p)
 	if err != nil {
 		t.Fatal(err)
 	}

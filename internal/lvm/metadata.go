@@ -27,6 +27,7 @@ type VG struct {
 	Warnings []string       // disagreements and errors that did not stop the read
 
 	rawID string
+	src   *areaSource // the metadata area of the copy ReadVG used
 }
 
 // PV is a physical volume of the VG and, after ReadVG, where it is on this host.

@@ -1,6 +1,7 @@
 package lvm
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sort"
@@ -11,11 +12,16 @@ import (
 // ErrVGNotFound is wrapped by ReadVG when no device holds metadata of the VG.
 var ErrVGNotFound = errors.New("VG not found")
 
+// ErrNoAnswer is wrapped for a device whose read did not return by the
+// deadline, or whose read from an earlier call is still pending.
+var ErrNoAnswer = errors.New("device did not answer in time")
+
 // scanParallel is how many devices are read at once.
 const scanParallel = 8
 
 // devResult is one device read for ReadVG.
 type devResult struct {
+	cand    candidate
 	info    DeviceInfo
 	err     error // opening or label; ErrNoLabel for non-PVs
 	tmpNode bool
@@ -23,8 +29,9 @@ type devResult struct {
 }
 
 // ReadVG reads and parses the newest committed metadata of VG vgName from the
-// given devices (paths of block devices, or image files); nil devices means
-// scan all block devices on this host as lvm would (see scanBlockDevices).
+// given devices (paths of block devices, or image files), and only from them.
+// Each device's read ends with ctx: a device that has not answered by then
+// (a dead path of a multipath map queueing I/O) counts as unreadable.
 //
 // Every metadata area on the devices that holds the VG is read with O_DIRECT
 // and checksummed; the copy with the highest seqno wins, as in lvm. Copies that
@@ -32,44 +39,106 @@ type devResult struct {
 // fail the read only when no good copy is left. Each PV of the VG gets the
 // device that carries its uuid on this host (PV.Device, Major, Minor), which
 // Table uses.
-func ReadVG(vgName string, devices []string) (*VG, error) {
+func ReadVG(ctx context.Context, vgName string, devices []string) (*VG, error) {
 	if err := checkName(vgName); err != nil {
 		return nil, fmt.Errorf("VG name: %w", err)
 	}
-	var cands []candidate
-	if devices == nil {
-		var err error
-		if cands, _, err = scanBlockDevices(); err != nil {
-			return nil, err
-		}
-	} else {
-		for _, p := range devices {
-			cands = append(cands, candidate{path: p})
-		}
+	cands := make([]candidate, len(devices))
+	for i, p := range devices {
+		cands[i] = candidate{path: p}
 	}
-	results := readCandidates(cands, vgName)
-	return assemble(vgName, results, devices != nil)
+	return assemble(vgName, readCandidates(ctx, cands, vgName), true)
 }
 
-func readCandidates(cands []candidate, vgName string) []*devResult {
+// ScanVG is ReadVG from every block device of this host that lvm would scan
+// with configuration cfg (see scanBlockDevices).
+func ScanVG(ctx context.Context, vgName string, cfg *HostConfig) (*VG, error) {
+	if err := checkName(vgName); err != nil {
+		return nil, fmt.Errorf("VG name: %w", err)
+	}
+	cands, _, err := scanBlockDevices(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return assemble(vgName, readCandidates(ctx, cands, vgName), false)
+}
+
+func readCandidates(ctx context.Context, cands []candidate, vgName string) []*devResult {
 	results := make([]*devResult, len(cands))
 	sem := make(chan struct{}, scanParallel)
 	var wg sync.WaitGroup
 	for i, c := range cands {
 		wg.Add(1)
-		sem <- struct{}{}
+		sem <- struct{}{} // bounded returns by the deadline, so slots come back
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			results[i] = readCandidate(c, vgName)
+			r, err := bounded(ctx, c.path, func() *devResult { return readCandidate(c, vgName) })
+			if err != nil {
+				r = &devResult{cand: c, info: DeviceInfo{Path: c.path}, err: err}
+			}
+			results[i] = r
 		}()
 	}
 	wg.Wait()
 	return results
 }
 
+// pending holds the reads a deadline left behind, by device path: a read
+// from a dead path returns when the path does, maybe never.
+var pending = struct {
+	sync.Mutex
+	m map[string]*boundedRead
+}{m: map[string]*boundedRead{}}
+
+type boundedRead struct {
+	finished, abandoned bool // under pending's lock
+}
+
+// bounded runs read in a goroutine of its own and waits for it until ctx
+// ends. While a read it gave up on has not returned, later calls for the
+// same key fail at once rather than pile up goroutines blocked on it.
+func bounded[T any](ctx context.Context, key string, read func() T) (T, error) {
+	var zero T
+	pending.Lock()
+	_, stuck := pending.m[key]
+	pending.Unlock()
+	if stuck {
+		return zero, fmt.Errorf("%s: %w: a read started by an earlier deadline has not returned", key, ErrNoAnswer)
+	}
+	if err := ctx.Err(); err != nil {
+		return zero, fmt.Errorf("%s: %w: %w", key, ErrNoAnswer, err)
+	}
+	b := &boundedRead{}
+	var out T
+	done := make(chan struct{})
+	go func() {
+		v := read()
+		pending.Lock()
+		out, b.finished = v, true
+		if b.abandoned {
+			delete(pending.m, key)
+		}
+		pending.Unlock()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return out, nil
+	case <-ctx.Done():
+	}
+	pending.Lock()
+	defer pending.Unlock()
+	if b.finished {
+		return out, nil
+	}
+	b.abandoned = true
+	pending.m[key] = b
+	return zero, fmt.Errorf("%s: %w: %w", key, ErrNoAnswer, ctx.Err())
+}
+
 func readCandidate(c candidate, vgName string) *devResult {
-	r := &devResult{info: DeviceInfo{Path: c.path}}
+	r := &devResult{cand: c, info: DeviceInfo{Path: c.path}}
 	d, tmp, err := openCandidate(c)
 	if err != nil {
 		r.err = err
@@ -112,7 +181,7 @@ func assemble(vgName string, results []*devResult, explicit bool) (*VG, error) {
 			seen[r.rdev] = r.info.Path
 		}
 		devs = append(devs, r)
-		if r.err != nil && explicit {
+		if r.err != nil && (explicit || errors.Is(r.err, ErrNoAnswer)) {
 			if errors.Is(r.err, ErrNoLabel) {
 				warn("%s: %v", r.info.Path, r.err)
 			} else {
@@ -266,6 +335,7 @@ func assemble(vgName string, results []*devResult, explicit bool) (*VG, error) {
 		}
 	}
 	vg.Warnings = warnings
+	vg.src = &areaSource{cand: best.dev.cand, rdev: best.dev.rdev, offset: best.area.Locn.Offset, committed: best.area.Header.Committed}
 	return vg, nil
 }
 

@@ -40,14 +40,20 @@ const (
 //     PV inside a VM disk must never be taken for the host's;
 //   - not suspended dm devices, whose reads would block;
 //   - not a component of a multipath map or an md array (lvm's
-//     multipath_component_detection and md_component_detection).
+//     multipath_component_detection and md_component_detection);
+//   - listed in lvm's devices file when it has one, else accepted by its
+//     global_filter and filter.
 //
 // skipped says what was left out and why.
-func scanBlockDevices() (cands []candidate, skipped []string, err error) {
+func scanBlockDevices(cfg *HostConfig) (cands []candidate, skipped []string, err error) {
 	dir := filepath.Join(sysRoot, "class", "block")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list block devices: %w", err)
+	}
+	sel, err := newSelector(cfg)
+	if err != nil {
+		return nil, nil, err
 	}
 	for _, e := range ents {
 		name := e.Name()
@@ -76,8 +82,13 @@ func scanBlockDevices() (cands []candidate, skipped []string, err error) {
 			skipped = append(skipped, fmt.Sprintf("%s: component of %s", name, h))
 			continue
 		}
+		node := devNodePath(base, name)
+		if why := sel.why(name, node, major, minor); why != "" {
+			skipped = append(skipped, name+": "+why)
+			continue
+		}
 		cands = append(cands, candidate{
-			path:    devNodePath(base, name),
+			path:    node,
 			sysName: name,
 			major:   major,
 			minor:   minor,

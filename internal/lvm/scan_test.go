@@ -47,7 +47,7 @@ func TestScanAndOpen(t *testing.T) {
 	}
 	w.Close()
 
-	cands, _, err := scanBlockDevices()
+	cands, _, err := scanBlockDevices(&HostConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestDirectReadSeesOtherWriter(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("a buffered read sees the old metadata again: %v", string(again[4096:8192]) == string(cached[4096:8192]))
-	vg, err := ReadVG("my-vg", []string{dev.Path})
+	vg, err := ReadVG(t.Context(), "my-vg", []string{dev.Path})
 	if err != nil {
 		t.Fatal(err)
 	}
