@@ -14,8 +14,9 @@ func runExtend(ctx context.Context, args []string) error {
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: lvwatch extend --inbox PATH --outbox PATH --host-id N --domain UUID --volume UUID --size-mib M\n\n"+
 			"Sends one extend request through the storage mailbox as host N, waits for the SPM's reply\n"+
-			"and prints it; exits 0 when the SPM granted it. Host N's mailbox is cleared first: use an\n"+
-			"id no running agent uses.")
+			"and prints it; exits 0 when the SPM granted it. Host N's mailbox is cleared first, so it\n"+
+			"refuses one holding the requests of another writer (vdsm, a running agent, another\n"+
+			"machine) unless --take-over.")
 		fs.PrintDefaults()
 	}
 	inbox, outbox := mailboxFlags(fs)
@@ -24,6 +25,8 @@ func runExtend(ctx context.Context, args []string) error {
 	volume := fs.String("volume", "", "the volume (LV) UUID")
 	sizeMiB := fs.Uint64("size-mib", 0, "the size to extend the volume to, in MiB")
 	timeout := fs.Duration("timeout", time.Minute, "give up waiting for the reply after this long")
+	takeOver := fs.Bool("take-over", false, "clear host N's mailbox even when it holds another writer's requests (that writer must be gone)")
+	force := forceFlag(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -45,9 +48,13 @@ func runExtend(ctx context.Context, args []string) error {
 		return fmt.Errorf("%w: --size-mib must be 1..%d", errUsage, uint64(mailbox.MaxSizeMiB))
 	}
 
-	h, err := mailbox.OpenHost(mailbox.HostConfig{Inbox: *inbox, Outbox: *outbox, HostID: *hostID, Log: logger})
+	h, err := mailbox.OpenHost(mailbox.HostConfig{Inbox: *inbox, Outbox: *outbox, HostID: *hostID, Log: logger,
+		TakeOver: *takeOver, IgnoreSignatures: *force})
+	if errors.Is(err, mailbox.ErrHostIDInUse) {
+		return fmt.Errorf("%w (--take-over clears it all the same)", err)
+	}
 	if err != nil {
-		return err
+		return withForceHint(err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()

@@ -34,6 +34,19 @@ func mailboxFlags(fs *flag.FlagSet) (inbox, outbox *string) {
 	return inbox, outbox
 }
 
+// forceFlag adds --force, which writes to volumes that carry a known signature.
+func forceFlag(fs *flag.FlagSet) *bool {
+	return fs.Bool("force", false, "write to the volumes even when they carry an LVM2 label, a partition table or a file system")
+}
+
+// withForceHint names the flag that overrides a refusal of a volume's signature.
+func withForceHint(err error) error {
+	if errors.Is(err, mailbox.ErrSignature) {
+		return fmt.Errorf("%w (--force writes there all the same)", err)
+	}
+	return err
+}
+
 func requireVolumes(inbox, outbox string) error {
 	if inbox == "" || outbox == "" {
 		return fmt.Errorf("%w: --inbox and --outbox are required", errUsage)
@@ -45,6 +58,7 @@ func runMailboxInit(_ context.Context, args []string) error {
 	fs := newFlagSet("mailbox init")
 	inbox, outbox := mailboxFlags(fs)
 	create := fs.Bool("create", false, "create missing files (sized for the 250 mailboxes)")
+	force := forceFlag(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -52,12 +66,12 @@ func runMailboxInit(_ context.Context, args []string) error {
 		return err
 	}
 	for _, path := range []string{*inbox, *outbox} {
-		v, err := mailbox.OpenVolume(path, *create)
+		v, err := mailbox.OpenVolume(path, mailbox.VolumeOptions{Create: *create, IgnoreSignatures: *force})
 		if errors.Is(err, iofs.ErrNotExist) {
 			return fmt.Errorf("%w (--create makes missing files)", err)
 		}
 		if err != nil {
-			return err
+			return withForceHint(err)
 		}
 		err = v.Init()
 		v.Close()

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/lvwatch/lvwatch/internal/loopdev"
+	"github.com/lvwatch/lvwatch/internal/lvm/lvmtest"
 	"github.com/lvwatch/lvwatch/internal/mailbox"
 	"github.com/lvwatch/lvwatch/internal/testutil"
 	"golang.org/x/sys/unix"
@@ -210,9 +211,14 @@ func TestMailboxCommands(t *testing.T) {
 	const domain, volume = "8adbc85e-e554-4ae0-b318-8a5465fe5fe1", "d772f1c6-3ebb-43c3-a42e-73fcd8255a5f"
 	extend := []string{"extend", "--inbox", inbox, "--outbox", outbox, "--host-id", "7", "--domain", domain, "--volume", volume, "--size-mib", "5120"}
 
-	// No SPM: the request times out and is withdrawn.
+	// No SPM: the request times out and is withdrawn: host 7's mailbox is all zero again.
 	if _, stderr, code := lvwatch(t, append(extend, "--timeout", "300ms")...); code != 1 || !strings.Contains(stderr, "no reply") {
 		t.Errorf("extend with no SPM: exit %d, want 1\n%s", code, stderr)
+	}
+	if in := readBlocks(t, inbox); mailbox.Mailbox(in[7*4096:8*4096]) != (mailbox.Mailbox{}) {
+		t.Errorf("the withdrawn request's mailbox was not cleared: %x", in[7*4096:7*4096+64])
+	} else if _, ok := mailbox.DecodeEvent((*mailbox.Mailbox)(in[:4096])); !ok {
+		t.Error("extend wrote no events block: it never sent its request")
 	}
 
 	// dump decodes what vdsm wrote, and flags a mailbox whose checksum fails.
@@ -254,6 +260,14 @@ func TestMailboxCommands(t *testing.T) {
 	if len(checks) != 2 || !checks[7] || checks[8] {
 		t.Errorf("checksum_ok by host: %v, want 7 good and 8 bad\n%s", checks, stdout)
 	}
+	// Host 7's mailbox holds vdsm's pending request: extend as host 7 refuses to erase it.
+	if _, stderr, code := lvwatch(t, append(extend, "--timeout", "300ms")...); code != 1 ||
+		!strings.Contains(stderr, "host id 7") || !strings.Contains(stderr, "--take-over") {
+		t.Errorf("extend over vdsm's request: exit %d, want 1 naming host id 7 and --take-over\n%s", code, stderr)
+	}
+	if in := readBlocks(t, inbox); string(in[7*4096:8*4096]) != string(request) {
+		t.Error("the refused extend changed vdsm's mailbox")
+	}
 	if _, stderr, code := lvwatch(t, "mailbox", "init", "--inbox", inbox, "--outbox", outbox); code != 0 {
 		t.Fatalf("init: exit %d\n%s", code, stderr)
 	}
@@ -268,6 +282,41 @@ func TestMailboxCommands(t *testing.T) {
 	stdout, stderr, code = lvwatch(t, append(extend, "--timeout", "30s")...)
 	if code != 0 || !strings.Contains(stdout, "granted") || !strings.Contains(stdout, "size 5120 MiB") {
 		t.Errorf("extend: exit %d, stdout %q\nstderr:\n%s", code, stdout, stderr)
+	}
+}
+
+// readBlocks returns the 250 mailboxes of a volume file.
+func readBlocks(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) < mailbox.UsedSize {
+		t.Fatalf("read %s: %d bytes, %v", path, len(b), err)
+	}
+	return b
+}
+
+// init and extend refuse a volume that is an LVM2 PV (a mistyped --inbox /dev/sdX) and
+// leave it one; --force writes there all the same.
+func TestMailboxRefusesPV(t *testing.T) {
+	env := lvmtest.New(t, 2, 2<<20)
+	pv, other := env.Paths()[0], env.Paths()[1]
+	env.MustRun("pvcreate", "-q", pv)
+	for _, args := range [][]string{
+		{"mailbox", "init", "--inbox", pv, "--outbox", other},
+		{"mailbox", "init", "--inbox", other, "--outbox", pv},
+		{"extend", "--inbox", pv, "--outbox", other, "--host-id", "1", "--domain", "8adbc85e-e554-4ae0-b318-8a5465fe5fe1",
+			"--volume", "d772f1c6-3ebb-43c3-a42e-73fcd8255a5f", "--size-mib", "1", "--timeout", "100ms"},
+	} {
+		if _, stderr, code := lvwatch(t, args...); code != 1 || !strings.Contains(stderr, "LVM2 physical volume") || !strings.Contains(stderr, "--force") {
+			t.Errorf("lvwatch %v: exit %d, want 1 naming the PV and --force\n%s", args, code, stderr)
+		}
+	}
+	env.MustRun("pvs", pv) // still a PV
+	if _, stderr, code := lvwatch(t, "mailbox", "init", "--force", "--inbox", pv, "--outbox", other); code != 0 {
+		t.Fatalf("init --force: exit %d\n%s", code, stderr)
+	}
+	if _, err := env.Run("pvs", pv); err == nil {
+		t.Error("init --force left the PV label")
 	}
 }
 
