@@ -29,6 +29,7 @@ struct lvw_bio_rec {
 struct lvw_arm {
 	__u64 threshold; // sectors: a write ending beyond this crosses
 	__u64 cookie;    // names this arming; unique for the life of the pins
+	__u64 diskseq;   // the device's diskseq when armed, to tell a reused dev_t apart; agent's only
 };
 
 struct lvw_event {
@@ -93,6 +94,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lvw_gate SEC(".maps");
 
+// The highest end (in sectors) of a write to a watched device that got past the
+// gate, armed or not. Only the program writes it, so the agent's updates of
+// lvw_watch never race with it; the agent reads it when it arms again, to learn
+// whether writes went past the new threshold while no arming could see them.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LVW_MAX_DEVICES);
+	__type(key, __u32);   // dev_t
+	__type(value, __u64); // sectors
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lvw_high SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
@@ -116,6 +129,27 @@ static __always_inline int lvw_is_write(char c0, char c1, __u32 nr_sector)
 	if (c0 == 'F' && (c1 == 'W' || c1 == 'N' || c1 == 'R' || c1 == 'D' || c1 == 'F'))
 		op = c1;
 	return nr_sector > 0 && (op == 'W' || op == 'N');
+}
+
+// lvw_raise_high makes lvw_high[dev] at least end. Writers on other CPUs may race:
+// compare-and-swap keeps the highest, and a few tries are enough because each
+// failed one means the value rose.
+static __always_inline void lvw_raise_high(__u32 dev, __u64 end)
+{
+	__u64 *high = bpf_map_lookup_elem(&lvw_high, &dev);
+	if (!high) {
+		if (!bpf_map_update_elem(&lvw_high, &dev, &end, BPF_NOEXIST))
+			return;
+		high = bpf_map_lookup_elem(&lvw_high, &dev); // another CPU made it first
+		if (!high)
+			return;
+	}
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__u64 cur = *(volatile __u64 *)high;
+		if (end <= cur || __sync_val_compare_and_swap(high, cur, end) == cur)
+			return;
+	}
 }
 
 static __always_inline void lvw_bio(__u32 dev, __u64 sector, __u32 nr_sector, char c0, char c1)
@@ -145,7 +179,10 @@ static __always_inline void lvw_bio(__u32 dev, __u64 sector, __u32 nr_sector, ch
 		return;
 	if (cnt && gate_dev != dev)
 		cnt->bios++;
-	if (!lvw_is_write(c0, c1, nr_sector) || end <= arm->threshold)
+	if (!lvw_is_write(c0, c1, nr_sector))
+		return;
+	lvw_raise_high(dev, end);
+	if (end <= arm->threshold)
 		return;
 	__u64 cookie = arm->cookie;
 	__u64 threshold = arm->threshold;

@@ -143,7 +143,8 @@ func TestWatchCommand(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("crossing %d: no event line within 10s", i)
 		}
-		if rec.Device != dev.Path || rec.Offset != uint64(offset) || rec.Length != 4096 || rec.Threshold != 1<<20 ||
+		// --rearm moves the threshold one --step (default: --threshold) on.
+		if rec.Device != dev.Path || rec.Offset != uint64(offset) || rec.Length != 4096 || rec.Threshold != uint64(i+1)<<20 ||
 			rec.Dev != fmt.Sprintf("%d:%d", dev.Major, dev.Minor) || rec.PID != uint32(os.Getpid()) {
 			t.Errorf("crossing %d: event %+v", i, rec)
 		}

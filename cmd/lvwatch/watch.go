@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 
 	"github.com/lvwatch/lvwatch/internal/size"
@@ -33,6 +32,17 @@ func newEventRecord(ev watch.Event, paths map[watch.Dev]string) eventRecord {
 	}
 }
 
+// pastRecord is the JSON line printed when an arming finds writes already past
+// its threshold: no crossing event will come for it.
+type pastRecord struct {
+	Device    string `json:"device,omitempty"`
+	Dev       string `json:"dev"`
+	Threshold uint64 `json:"threshold"`
+	High      uint64 `json:"high"` // the highest write end seen
+	Past      bool   `json:"past"`
+	Cookie    uint64 `json:"cookie"`
+}
+
 func runWatch(ctx context.Context, args []string) error {
 	fs := newFlagSet("watch")
 	fs.Usage = func() {
@@ -40,7 +50,8 @@ func runWatch(ctx context.Context, args []string) error {
 		fs.PrintDefaults()
 	}
 	threshold := fs.String("threshold", "", "arm each device at this offset (32MiB, 1GiB, or bytes)")
-	rearm := fs.Bool("rearm", false, "arm a device again after each crossing")
+	rearm := fs.Bool("rearm", false, "after each crossing arm the device again, --step further on")
+	stepFlag := fs.String("step", "", "with --rearm, how far the threshold moves on (default: --threshold)")
 	pinDir := fs.String("pin-dir", watch.DefaultPinDir, "where the BPF maps and link are pinned")
 	unpin := fs.Bool("unpin", false, "on exit detach the program and remove the pins (default: keep watching, so a restart misses nothing)")
 	if err := parseFlags(fs, args); err != nil {
@@ -52,6 +63,15 @@ func runWatch(ctx context.Context, args []string) error {
 	thr, err := size.Parse(*threshold)
 	if err != nil {
 		return fmt.Errorf("%w: --threshold: %v", errUsage, err)
+	}
+	step := thr
+	if *stepFlag != "" {
+		if step, err = size.Parse(*stepFlag); err != nil {
+			return fmt.Errorf("%w: --step: %v", errUsage, err)
+		}
+	}
+	if *rearm && step < 512 {
+		return fmt.Errorf("%w: --rearm needs a --step (or --threshold) of a sector or more", errUsage)
 	}
 	paths := map[watch.Dev]string{}
 	for _, p := range fs.Args() {
@@ -66,45 +86,102 @@ func runWatch(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	for dev, p := range paths {
-		cookie, err := w.Arm(dev, thr)
+	p := &printer{w: w, enc: json.NewEncoder(os.Stdout), paths: paths, step: step, rearm: *rearm}
+	for dev := range paths {
+		past, err := p.arm(dev, thr)
+		if err == nil {
+			err = p.print(nil, past)
+		}
 		if err != nil {
 			w.Close()
 			return err
 		}
-		logger.Info().Str("device", p).Stringer("dev", dev).Uint64("threshold", thr).Uint64("cookie", cookie).Msg("armed")
+		logger.Info().Str("device", paths[dev]).Stringer("dev", dev).Uint64("threshold", thr).Int("past", len(past)).Msg("armed")
 	}
-	err = printEvents(ctx, w, os.Stdout, paths, func(ev watch.Event) error {
-		if _, ok := paths[ev.Dev]; !*rearm || !ok {
-			return nil
-		}
-		_, err := w.Arm(ev.Dev, thr)
-		return err
-	})
+	err = p.printEvents(ctx)
 	if *unpin {
 		return errors.Join(err, w.CloseAndUnpin())
 	}
 	return errors.Join(err, w.Close())
 }
 
-// printEvents calls handle for each event and then prints it as a JSON line (so a
-// printed event has been handled: with --rearm, the device is armed again), until
-// ctx ends, which is a clean exit once the events already read are printed.
-func printEvents(ctx context.Context, w *watch.Watcher, out io.Writer, paths map[watch.Dev]string, handle func(watch.Event) error) error {
-	enc := json.NewEncoder(out) // one Write per line, and stdout is not buffered
+// printer prints the crossings of the devices it armed, one JSON line each
+// (one Write per line, and stdout is not buffered), and with rearm arms each
+// device again a step further on, as the agent does after an extension.
+type printer struct {
+	w     *watch.Watcher
+	enc   *json.Encoder
+	paths map[watch.Dev]string
+	step  uint64
+	rearm bool
+}
+
+// arm arms dev at threshold. Writes may already have gone past it: then it
+// prints that, and with rearm steps on until an arming is ahead of them.
+func (p *printer) arm(dev watch.Dev, threshold uint64) ([]pastRecord, error) {
+	var past []pastRecord
 	for {
-		ev, err := w.Read(ctx)
+		a, err := p.w.Arm(dev, threshold)
+		if err != nil {
+			return past, err
+		}
+		logger.Debug().Str("device", p.paths[dev]).Stringer("dev", dev).Uint64("threshold", threshold).Uint64("cookie", a.Cookie).Bool("past", a.Past).Msg("armed")
+		if !a.Past {
+			return past, nil
+		}
+		past = append(past, pastRecord{Device: p.paths[dev], Dev: dev.String(), Threshold: threshold, High: a.High, Past: true, Cookie: a.Cookie})
+		if !p.rearm {
+			return past, nil
+		}
+		threshold = p.next(threshold, a.High)
+	}
+}
+
+// next is the first threshold of the sequence threshold + k·step at or beyond end.
+func (p *printer) next(threshold, end uint64) uint64 {
+	if end < threshold {
+		return threshold
+	}
+	return threshold + ((end-threshold)/p.step+1)*p.step
+}
+
+// printEvents prints each event once the device is armed again (with rearm: so a
+// printed event has been handled), then the armings that found writes past them,
+// until ctx ends, which is a clean exit once the events already read are printed.
+func (p *printer) printEvents(ctx context.Context) error {
+	for {
+		ev, err := p.w.Read(ctx)
 		if err != nil && ctx.Err() != nil {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		if err := handle(ev); err != nil {
+		if _, ours := p.paths[ev.Dev]; !ours {
+			continue // armed by another run on the same pins
+		}
+		var past []pastRecord
+		if p.rearm {
+			if past, err = p.arm(ev.Dev, p.next(ev.Threshold, ev.Offset+ev.Length)); err != nil {
+				return err
+			}
+		}
+		if err := p.print(newEventRecord(ev, p.paths), past); err != nil {
 			return err
 		}
-		if err := enc.Encode(newEventRecord(ev, paths)); err != nil {
-			return fmt.Errorf("print event: %w", err)
+	}
+}
+
+func (p *printer) print(first any, past []pastRecord) error {
+	if first != nil {
+		if err := p.enc.Encode(first); err != nil {
+			return fmt.Errorf("print: %w", err)
 		}
 	}
+	for _, rec := range past {
+		if err := p.enc.Encode(rec); err != nil {
+			return fmt.Errorf("print: %w", err)
+		}
+	}
+	return nil
 }

@@ -17,6 +17,7 @@ type bpfLvwArm struct {
 	_         structs.HostLayout
 	Threshold uint64
 	Cookie    uint64
+	Diskseq   uint64
 }
 
 type bpfLvwCounters struct {
@@ -52,6 +53,7 @@ const (
 	bpfMapLvwArmed       = "lvw_armed"
 	bpfMapLvwEvents      = "lvw_events"
 	bpfMapLvwGate        = "lvw_gate"
+	bpfMapLvwHigh        = "lvw_high"
 	bpfMapLvwStats       = "lvw_stats"
 	bpfMapLvwWatch       = "lvw_watch"
 	bpfProgLvwBioQueue   = "lvw_bio_queue"
@@ -112,6 +114,7 @@ type bpfMapSpecs struct {
 	LvwArmed  *ebpf.MapSpec `ebpf:"lvw_armed"`
 	LvwEvents *ebpf.MapSpec `ebpf:"lvw_events"`
 	LvwGate   *ebpf.MapSpec `ebpf:"lvw_gate"`
+	LvwHigh   *ebpf.MapSpec `ebpf:"lvw_high"`
 	LvwStats  *ebpf.MapSpec `ebpf:"lvw_stats"`
 	LvwWatch  *ebpf.MapSpec `ebpf:"lvw_watch"`
 }
@@ -146,6 +149,7 @@ type bpfMaps struct {
 	LvwArmed  *ebpf.Map `ebpf:"lvw_armed"`
 	LvwEvents *ebpf.Map `ebpf:"lvw_events"`
 	LvwGate   *ebpf.Map `ebpf:"lvw_gate"`
+	LvwHigh   *ebpf.Map `ebpf:"lvw_high"`
 	LvwStats  *ebpf.Map `ebpf:"lvw_stats"`
 	LvwWatch  *ebpf.Map `ebpf:"lvw_watch"`
 }
@@ -155,6 +159,7 @@ func (m *bpfMaps) Close() error {
 		m.LvwArmed,
 		m.LvwEvents,
 		m.LvwGate,
+		m.LvwHigh,
 		m.LvwStats,
 		m.LvwWatch,
 	)

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/lvwatch/lvwatch/internal/testutil"
 	"golang.org/x/sys/unix"
@@ -20,10 +22,7 @@ func TestDeviceCrossings(t *testing.T) {
 	other := newBlockDev(t, "", 64*mib)
 	buf := alignedBuf(64 << 10)
 
-	cookie, err := w.Arm(dev.Dev, 16*mib)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cookie := mustArm(t, w, dev.Dev, 16*mib)
 	dev.write(t, buf, 16*mib-int64(len(buf)))       // ends exactly at the threshold
 	dev.read(t, buf, 32*mib)                        // a read past it
 	dev.rangeIoctl(t, unix.BLKDISCARD, 32*mib, mib) // a discard past it
@@ -45,9 +44,7 @@ func TestDeviceCrossings(t *testing.T) {
 	dev.write(t, buf, 20*mib)
 	wantEvents(t, w, 0, "write after the crossing, not re-armed")
 
-	if _, err := w.Arm(dev.Dev, 32*mib); err != nil {
-		t.Fatal(err)
-	}
+	mustArm(t, w, dev.Dev, 32*mib)
 	dev.write(t, buf, 20*mib)
 	wantEvents(t, w, 0, "below the new threshold")
 	dev.rangeIoctl(t, unix.BLKZEROOUT, 40*mib, mib) // write-zeroes counts as a write
@@ -70,9 +67,8 @@ func TestDeviceRacingWriters(t *testing.T) {
 	dev := newBlockDev(t, "", 64*mib)
 	const writers = 8
 	for round := range 20 {
-		if _, err := w.Arm(dev.Dev, 8*mib); err != nil {
-			t.Fatal(err)
-		}
+		threshold := uint64(8+round) * mib // above every write of the rounds before
+		mustArm(t, w, dev.Dev, threshold)
 		var start, done sync.WaitGroup
 		start.Add(1)
 		for i := range writers {
@@ -81,7 +77,7 @@ func TestDeviceRacingWriters(t *testing.T) {
 				defer done.Done()
 				buf := alignedBuf(4096)
 				start.Wait()
-				dev.write(t, buf, 8*mib+int64(i)*4096)
+				dev.write(t, buf, int64(threshold)+int64(i)*4096)
 			}()
 		}
 		start.Done()
@@ -100,11 +96,12 @@ func TestDeviceEventsSurviveRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cookie, err := w.Arm(dev.Dev, mib)
+	a, err := w.Arm(dev.Dev, mib)
 	if err != nil {
 		w.CloseAndUnpin()
 		t.Fatal(err)
 	}
+	cookie := a.Cookie
 	if _, err := Open(opts); !errors.Is(err, ErrBusy) {
 		t.Errorf("second Open = %v, want ErrBusy", err)
 	}
@@ -122,10 +119,7 @@ func TestDeviceEventsSurviveRestart(t *testing.T) {
 	if ev := wantEvents(t, w, 1, "crossing during the restart")[0]; ev.Cookie != cookie {
 		t.Errorf("cookie %d, want %d", ev.Cookie, cookie)
 	}
-	next, err := w.Arm(dev.Dev, 4*mib)
-	if err != nil {
-		t.Fatal(err)
-	}
+	next := mustArm(t, w, dev.Dev, 4*mib)
 	if next <= cookie {
 		t.Errorf("cookie after restart %d, not above %d", next, cookie)
 	}
@@ -139,9 +133,7 @@ func TestDeviceBpftoolShowsFields(t *testing.T) {
 	if _, err := exec.LookPath("bpftool"); err != nil {
 		testutil.SkipOrFail(t, "bpftool not installed (make deps installs it)")
 	}
-	if _, err := w.Arm(fakeDev, 7*mib); err != nil {
-		t.Fatal(err)
-	}
+	mustArm(t, w, fakeDev, 7*mib)
 	out, err := exec.Command("bpftool", "map", "dump", "pinned", w.pinDir+"/lvw_watch").CombinedOutput()
 	if err != nil {
 		t.Fatalf("bpftool: %v: %s", err, out)
@@ -150,5 +142,174 @@ func TestDeviceBpftoolShowsFields(t *testing.T) {
 		if !strings.Contains(string(out), field) {
 			t.Errorf("bpftool output lacks %s:\n%s", field, out)
 		}
+	}
+}
+
+// The gate is derived state: a pin that went missing is rebuilt from lvw_watch
+// before the new program runs, so an armed device still raises its event.
+func TestDeviceGateRebuiltFromArmings(t *testing.T) {
+	requireBPF(t)
+	dev := newBlockDev(t, "", 64*mib)
+	opts := Options{PinDir: testPinDir(t)}
+	w, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cookie := mustArm(t, w, dev.Dev, 8*mib)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(opts.PinDir, "lvw_gate")); err != nil {
+		t.Fatal(err)
+	}
+	w, err = Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.CloseAndUnpin() })
+	dev.write(t, alignedBuf(4096), 8*mib)
+	if ev := wantEvents(t, w, 1, "crossing after the gate pin went missing")[0]; ev.Cookie != cookie {
+		t.Errorf("cookie %d, want %d", ev.Cookie, cookie)
+	}
+}
+
+// Close excludes Arm, Disarm, List and Counters: racing it never touches the
+// unmapped gate or closed maps, and afterwards they return ErrClosed.
+func TestDeviceCloseRacesArm(t *testing.T) {
+	requireBPF(t)
+	for round := range 5 {
+		w, err := Open(Options{PinDir: testPinDir(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, 64)
+		for g := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				d := Dev{Major: 4003, Minor: uint32(g)}
+				for i := 0; ; i++ {
+					var err error
+					switch i % 4 {
+					case 0, 1:
+						_, err = w.Arm(d, uint64(i)*mib)
+					case 2:
+						_, err = w.List()
+					case 3:
+						_, err = w.Disarm(d)
+					}
+					if errors.Is(err, ErrClosed) {
+						return
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		time.Sleep(time.Duration(round) * time.Millisecond)
+		if err := w.CloseAndUnpin(); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("round %d: %v", round, err)
+		}
+		if _, err := w.Counters(); !errors.Is(err, ErrClosed) {
+			t.Errorf("Counters after Close = %v, want ErrClosed", err)
+		}
+		if err := w.Close(); !errors.Is(err, ErrClosed) {
+			t.Errorf("second Close = %v, want ErrClosed", err)
+		}
+	}
+}
+
+// The block layer reports a partition's writes on its whole disk at disk
+// sectors, so arming a partition would never fire: Arm refuses it.
+func TestDevicePartitionRefused(t *testing.T) {
+	w := openWatcher(t)
+	disk := newPartitionedLoop(t, 64*mib, 2048, 32768) // one partition at 1 MiB, 16 MiB long
+	part, err := DevOf(disk.Path + "p1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Arm(part, 4*mib); !errors.Is(err, ErrPartition) {
+		t.Fatalf("Arm of the partition = %v, want ErrPartition", err)
+	}
+	// What the refusal rests on: a write to the partition is the disk's, at
+	// the partition's offset on it.
+	mustArm(t, w, disk.Dev, 4*mib)
+	writeAt(t, disk.Path+"p1", 4*mib)
+	if ev := wantEvents(t, w, 1, "write to the partition")[0]; ev.Dev != disk.Dev || ev.Offset != mib+4*mib {
+		t.Errorf("event %+v, want dev %s at offset %d", ev, disk.Dev, mib+4*mib)
+	}
+}
+
+// An arming outlives its device (an LV deactivated while armed); a later device
+// of the same number has another diskseq, and Prune disarms the stale entry
+// before it can raise an event for the wrong disk.
+func TestDevicePruneReusedNumber(t *testing.T) {
+	w := openWatcher(t)
+	backing := filepath.Join(t.TempDir(), "other.img")
+	if err := os.WriteFile(backing, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(backing, 64*mib); err != nil {
+		t.Fatal(err)
+	}
+	var dev *blockDev
+	for attempt := 0; dev == nil; attempt++ {
+		if attempt == 3 {
+			t.Fatal("other processes took the loop device's number three times")
+		}
+		d := newBlockDev(t, "", 64*mib)
+		mustArm(t, w, d.Dev, 8*mib)
+		if pruned, err := w.Prune(); err != nil || len(pruned) != 0 {
+			t.Fatalf("Prune with the device in place = %+v, %v; want nothing", pruned, err)
+		}
+		list, err := w.List()
+		if err != nil || len(list) != 1 || list[0].DiskSeq == 0 {
+			t.Fatalf("List = %+v, %v; want one arming with a diskseq", list, err)
+		}
+		// The same loop device, detached and attached to another file: a new disk.
+		if d.reattach(t, backing) {
+			dev = d
+		} else if _, err := w.Disarm(d.Dev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pruned, err := w.Prune()
+	if err != nil || len(pruned) != 1 || pruned[0].Dev != dev.Dev {
+		t.Fatalf("Prune after the number was reused = %+v, %v; want %s", pruned, err, dev.Dev)
+	}
+	writeAt(t, dev.Path, 16*mib)
+	wantEvents(t, w, 0, "write to the new disk of a pruned number")
+	if list, err := w.List(); err != nil || len(list) != 0 {
+		t.Errorf("List after Prune = %+v, %v", list, err)
+	}
+}
+
+// Open refuses a kernel whose tracepoint record differs from what the program
+// reads, rather than watch garbage.
+func TestDeviceOpenChecksRecordLayout(t *testing.T) {
+	requireBPF(t)
+	moved := strings.Replace(format618, "field:dev_t dev;\toffset:8;", "field:dev_t dev;\toffset:12;", 1)
+	path := filepath.Join(t.TempDir(), "format")
+	if err := os.WriteFile(path, []byte(moved), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	saved := tracepointFormat
+	tracepointFormat = path
+	defer func() { tracepointFormat = saved }()
+	w, err := Open(Options{PinDir: testPinDir(t)})
+	if err == nil {
+		w.CloseAndUnpin()
+		t.Fatal("Open accepted a record with dev at offset 12")
+	}
+	if !strings.Contains(err.Error(), `field "dev" at offset 12, want 8`) {
+		t.Errorf("Open: %v, want the field named", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -52,6 +53,20 @@ func openWatcher(t testing.TB) *Watcher {
 	return w
 }
 
+// mustArm arms dev and returns the cookie, failing the test on an error or when
+// writes were already past the threshold.
+func mustArm(t testing.TB, w *Watcher, dev Dev, threshold uint64) uint64 {
+	t.Helper()
+	a, err := w.Arm(dev, threshold)
+	if err != nil {
+		t.Fatalf("Arm(%s, %d): %v", dev, threshold, err)
+	}
+	if a.Past {
+		t.Fatalf("Arm(%s, %d): already past (high %d)", dev, threshold, a.High)
+	}
+	return a.Cookie
+}
+
 // pending returns every event already in the ring without waiting for more.
 func pending(t testing.TB, w *Watcher) []Event {
 	t.Helper()
@@ -83,8 +98,78 @@ func wantEvents(t testing.TB, w *Watcher, n int, what string) []Event {
 // blockDev is a loop device opened for O_DIRECT I/O.
 type blockDev struct {
 	*loopdev.Device
-	Dev Dev
-	fd  int
+	Dev        Dev
+	fd         int
+	reattached bool
+}
+
+// reattach detaches d and attaches backing to the same device number, which
+// makes it a new disk with a new diskseq. It reports false if another process
+// took the number in between; d is then unusable.
+func (d *blockDev) reattach(t testing.TB, backing string) bool {
+	t.Helper()
+	path := d.Path
+	unix.Close(d.fd)
+	d.fd = -1
+	if err := d.Device.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d.Device = &loopdev.Device{Path: path} // for its path only: detached below
+	d.reattached = true
+	if out, err := exec.Command("losetup", path, backing).CombinedOutput(); err != nil {
+		t.Logf("losetup %s %s: %v: %s", path, backing, err, out)
+		return false
+	}
+	t.Cleanup(func() { exec.Command("losetup", "-d", path).Run() })
+	return true
+}
+
+// writeAt writes 4 KiB at offset of the block device at path with O_DIRECT.
+func writeAt(t testing.TB, path string, offset int64) {
+	t.Helper()
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if _, err := unix.Pwrite(fd, alignedBuf(4096), offset); err != nil {
+		t.Fatalf("write %s at %d: %v", path, offset, err)
+	}
+}
+
+// partitionedLoop is a loop device with a partition table, scanned by the kernel.
+type partitionedLoop struct {
+	Path string // /dev/loopN; the partition is Path+"p1"
+	Dev  Dev
+}
+
+// newPartitionedLoop attaches a sparse file of size bytes with one partition of
+// n sectors from sector start, added by BLKPG (addpart): this kernel may have no
+// partition table parsers.
+func newPartitionedLoop(t testing.TB, size int64, start, n uint64) partitionedLoop {
+	t.Helper()
+	testutil.RequireFile(t, "/dev/loop-control", "loop devices")
+	backing := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(backing, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(backing, size); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "--partscan", "--find", "--show", backing).Output()
+	if err != nil {
+		t.Fatalf("losetup --partscan: %v", err)
+	}
+	path := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "-d", path).Run() })
+	if out, err := exec.Command("addpart", path, "1", fmt.Sprint(start), fmt.Sprint(n)).CombinedOutput(); err != nil {
+		t.Fatalf("addpart %s: %v: %s", path, err, out)
+	}
+	dev, err := DevOf(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return partitionedLoop{Path: path, Dev: dev}
 }
 
 // newBlockDev attaches a sparse file in dir ("" for the default temporary directory).
@@ -100,13 +185,17 @@ func newBlockDev(t testing.TB, dir string, size int64) *blockDev {
 		ld.Close()
 		t.Fatalf("open %s O_DIRECT: %v", ld.Path, err)
 	}
+	d := &blockDev{Device: ld, Dev: Dev{ld.Major, ld.Minor}, fd: fd}
 	t.Cleanup(func() {
-		unix.Close(fd)
-		if err := ld.Close(); err != nil {
+		if d.reattached {
+			return // its own cleanup detaches it
+		}
+		unix.Close(d.fd)
+		if err := d.Close(); err != nil {
 			t.Error(err)
 		}
 	})
-	return &blockDev{Device: ld, Dev: Dev{ld.Major, ld.Minor}, fd: fd}
+	return d
 }
 
 // alignedBuf returns n bytes aligned for O_DIRECT.

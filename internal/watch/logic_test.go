@@ -2,6 +2,7 @@ package watch
 
 import (
 	"encoding/binary"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -58,10 +59,11 @@ func TestLogicOperations(t *testing.T) {
 		{"DE", 0, 4096, false},
 		{"", 999, 8, false},
 	} {
-		cookie, err := w.Arm(fakeDev, threshold)
-		if err != nil {
+		// Each case on a fresh arming: Disarm forgets the writes of the last.
+		if _, err := w.Disarm(fakeDev); err != nil {
 			t.Fatal(err)
 		}
+		cookie := mustArm(t, w, fakeDev, threshold)
 		r.bio(fakeDev, tc.sector, tc.nr, tc.rwbs)
 		evs := pending(t, w)
 		if !tc.cross {
@@ -86,10 +88,7 @@ func TestLogicOneEventPerArming(t *testing.T) {
 	w := openWatcher(t)
 	r := bioRunner{t, loadTestProgram(t, w)}
 
-	first, err := w.Arm(fakeDev, 8*512)
-	if err != nil {
-		t.Fatal(err)
-	}
+	first := mustArm(t, w, fakeDev, 8*512)
 	r.bio(otherDev, 0, 64, "W") // unwatched
 	r.bio(fakeDev, 0, 8, "W")   // below
 	wantEvents(t, w, 0, "unwatched and below")
@@ -105,10 +104,7 @@ func TestLogicOneEventPerArming(t *testing.T) {
 	r.bio(fakeDev, 100, 8, "W")
 	wantEvents(t, w, 0, "after Disarm")
 
-	second, err := w.Arm(fakeDev, 64*512)
-	if err != nil {
-		t.Fatal(err)
-	}
+	second := mustArm(t, w, fakeDev, 64*512)
 	if second <= first {
 		t.Errorf("cookies not increasing: %d then %d", first, second)
 	}
@@ -120,10 +116,11 @@ func TestLogicOneEventPerArming(t *testing.T) {
 	}
 
 	// Re-arming before a crossing replaces the arming: one event, the new cookie.
-	w.Arm(fakeDev, 0)
-	third, _ := w.Arm(fakeDev, 0)
-	r.bio(fakeDev, 0, 1, "W")
-	r.bio(fakeDev, 0, 1, "W")
+	// The thresholds lie above every write so far, so neither arming is past.
+	mustArm(t, w, fakeDev, 200*512)
+	third := mustArm(t, w, fakeDev, 200*512)
+	r.bio(fakeDev, 200, 1, "W")
+	r.bio(fakeDev, 200, 1, "W")
 	if ev := wantEvents(t, w, 1, "re-armed twice"); ev[0].Cookie != third {
 		t.Errorf("cookie %d, want %d", ev[0].Cookie, third)
 	}
@@ -153,9 +150,7 @@ func TestLogicSharedGateSlot(t *testing.T) {
 	// check decides.
 	const threshold = 1001 * 512
 	for _, d := range []Dev{owner, sharer} {
-		if _, err := w.Arm(d, threshold); err != nil {
-			t.Fatal(err)
-		}
+		mustArm(t, w, d, threshold)
 	}
 	if !w.gate.owns(owner.kernel()) || w.gate.owns(sharer.kernel()) {
 		t.Fatal("first armed device does not own the slot")
@@ -166,16 +161,14 @@ func TestLogicSharedGateSlot(t *testing.T) {
 		r.bio(d, 994, 8, "W")
 		wantEvents(t, w, 1, d.String()+" one sector past")
 	}
-	if _, err := w.Arm(sharer, threshold); err != nil {
-		t.Fatal(err)
-	}
+	mustArm(t, w, sharer, 3000*512)
 	if _, err := w.Disarm(owner); err != nil {
 		t.Fatal(err)
 	}
 	if !w.gate.owns(sharer.kernel()) {
 		t.Fatal("the slot did not pass to the remaining device")
 	}
-	r.bio(sharer, 2000, 8, "W")
+	r.bio(sharer, 3000, 8, "W")
 	wantEvents(t, w, 1, "remaining device after the owner left")
 	if _, err := w.Disarm(sharer); err != nil {
 		t.Fatal(err)
@@ -195,12 +188,10 @@ func TestLogicFullRingKeepsArmed(t *testing.T) {
 	w := openWatcher(t)
 	r := bioRunner{t, loadTestProgram(t, w)}
 
-	ringEvents := w.objs.LvwEvents.MaxEntries() / (eventSize + 8) // 8: the ring's record header
+	ringEvents := w.objs.LvwEvents.MaxEntries() / uint32(eventSize+8) // 8: the ring's record header
 	devs := int(ringEvents) + 10
 	for i := range devs {
-		if _, err := w.Arm(Dev{Major: 4001, Minor: uint32(i)}, 0); err != nil {
-			t.Fatal(err)
-		}
+		mustArm(t, w, Dev{Major: 4001, Minor: uint32(i)}, 0)
 	}
 	for i := range devs {
 		r.bio(Dev{Major: 4001, Minor: uint32(i)}, 0, 1, "W")
@@ -219,19 +210,133 @@ func TestLogicFullRingKeepsArmed(t *testing.T) {
 	}
 }
 
-func FuzzDecodeEvent(f *testing.F) {
-	f.Add(make([]byte, eventSize))
-	f.Add([]byte{1, 2, 3})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		ev, err := decodeEvent(b, 0)
-		if err != nil {
-			if len(b) >= eventSize {
-				t.Fatalf("%d bytes rejected: %v", len(b), err)
-			}
-			return
+// Writes that go past the next threshold while no arming can see them (the LV
+// is being extended) make Arm report Past, and no event comes for that arming.
+func TestLogicArmReportsPast(t *testing.T) {
+	w := openWatcher(t)
+	r := bioRunner{t, loadTestProgram(t, w)}
+
+	mustArm(t, w, fakeDev, 100*512)
+	r.bio(fakeDev, 100, 8, "W") // crosses
+	wantEvents(t, w, 1, "the first crossing")
+	r.bio(fakeDev, 300, 8, "W") // past the next threshold, while unarmed
+	r.bio(fakeDev, 50, 8, "R")  // reads do not count
+	a, err := w.Arm(fakeDev, 200*512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.Past || a.High != 308*512 {
+		t.Fatalf("Arm after writes past 200 sectors = %+v, want Past with High %d", a, 308*512)
+	}
+	r.bio(fakeDev, 400, 8, "W")
+	wantEvents(t, w, 0, "an arming already past")
+
+	// Above the highest write: armed as usual, High still reported.
+	a, err = w.Arm(fakeDev, 1000*512)
+	if err != nil || a.Past || a.High != 408*512 {
+		t.Fatalf("Arm above the high-water mark = %+v, %v; want armed, High %d", a, err, 408*512)
+	}
+	r.bio(fakeDev, 1000, 8, "W")
+	if ev := wantEvents(t, w, 1, "past the armed threshold")[0]; ev.Cookie != a.Cookie {
+		t.Errorf("cookie %d, want %d", ev.Cookie, a.Cookie)
+	}
+
+	// A new device of the same number (another diskseq; 0 here, since a fake
+	// device has none) and Disarm both start without a high-water mark.
+	if _, err := w.Disarm(fakeDev); err != nil {
+		t.Fatal(err)
+	}
+	mustArm(t, w, fakeDev, 100*512)
+	list, err := w.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 || list[0].High != 0 || !list[0].Armed || list[0].Threshold != 100*512 {
+		t.Errorf("List after Disarm and Arm = %+v", list)
+	}
+}
+
+// An event whose arming was replaced before Read returned it is dropped: the
+// caller acts on the current arming only.
+func TestLogicDropsStaleEvents(t *testing.T) {
+	w := openWatcher(t)
+	r := bioRunner{t, loadTestProgram(t, w)}
+
+	mustArm(t, w, fakeDev, 100*512)
+	r.bio(fakeDev, 100, 8, "W") // its event waits in the ring
+	current := mustArm(t, w, fakeDev, 200*512)
+	wantEvents(t, w, 0, "the replaced arming's crossing")
+	r.bio(fakeDev, 200, 8, "W")
+	if ev := wantEvents(t, w, 1, "the current arming's crossing")[0]; ev.Cookie != current {
+		t.Errorf("cookie %d, want %d", ev.Cookie, current)
+	}
+
+	mustArm(t, w, otherDev, 100*512)
+	r.bio(otherDev, 100, 8, "W")
+	if _, err := w.Disarm(otherDev); err != nil {
+		t.Fatal(err)
+	}
+	wantEvents(t, w, 0, "a disarmed device's crossing")
+	c, err := w.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Stale != 2 || c.Crossings != 3 {
+		t.Errorf("counters %+v, want 2 stale of 3 crossings", c)
+	}
+}
+
+// Arm either arms or leaves everything as it was: with lvw_watch full a new
+// device is refused without a trace (no gate slot claimed, no cookie armed), and
+// with lvw_armed full every device can still be armed again.
+func TestLogicArmAllOrNothing(t *testing.T) {
+	w := openWatcher(t)
+	r := bioRunner{t, loadTestProgram(t, w)}
+
+	// Fill lvw_watch with devices none of which shares the extra one's gate slot.
+	extra := Dev{Major: 4095, Minor: 0xfffff}
+	var devs []Dev
+	for i := uint32(0); len(devs) < maxDevices; i++ {
+		d := Dev{Major: 4002 + i>>12, Minor: i & 0xfff}
+		if w.gate.index(d.kernel()) != w.gate.index(extra.kernel()) {
+			devs = append(devs, d)
+			mustArm(t, w, d, 100*512)
 		}
-		if ev.Offset%sectorSize != 0 || ev.Length%sectorSize != 0 || ev.Dev.Minor >= 1<<20 {
-			t.Fatalf("decoded %+v", ev)
+	}
+	if *w.gate.slotOf(extra.kernel()) != 0 {
+		t.Fatal("the extra device's gate slot is taken")
+	}
+	if _, err := w.Arm(extra, 100*512); err == nil || !strings.Contains(err.Error(), "more devices than the watcher holds") {
+		t.Fatalf("Arm of device %d = %v, want a full-map error", maxDevices+1, err)
+	}
+	if got := *w.gate.slotOf(extra.kernel()); got != 0 {
+		t.Errorf("the refused device left its gate slot claimed: %#x", got)
+	}
+	if n := countKeys[uint64, uint32](t, w.objs.LvwArmed); n != maxDevices {
+		t.Errorf("lvw_armed holds %d cookies after a refused Arm, want %d", n, maxDevices)
+	}
+
+	// lvw_armed is full: re-arming must still work, and the new arming fire.
+	for _, d := range []Dev{devs[0], devs[len(devs)/2], devs[len(devs)-1]} {
+		cookie := mustArm(t, w, d, 200*512)
+		r.bio(d, 200, 8, "W")
+		if ev := wantEvents(t, w, 1, "re-armed with lvw_armed full")[0]; ev.Cookie != cookie {
+			t.Errorf("%s: cookie %d, want %d", d, ev.Cookie, cookie)
 		}
-	})
+	}
+}
+
+func countKeys[K, V any](t testing.TB, m *ebpf.Map) int {
+	t.Helper()
+	var k K
+	var v V
+	n := 0
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -4,7 +4,6 @@ package watch
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -31,7 +30,7 @@ const (
 var (
 	// ErrBusy means another process holds the watcher.
 	ErrBusy = errors.New("another lvwatch process is reading the events")
-	// ErrClosed is returned by Read after Close.
+	// ErrClosed is returned by every method called after Close.
 	ErrClosed = errors.New("watcher closed")
 )
 
@@ -56,11 +55,13 @@ type Event struct {
 	Latency time.Duration
 }
 
-// Counters are the program's statistics summed over CPUs since the pins were made.
+// Counters are the program's statistics summed over CPUs since the pins were made,
+// and what this Watcher's Read dropped.
 type Counters struct {
 	Bios      uint64 // bios of any kind on watched devices
 	Crossings uint64 // events emitted
 	Lost      uint64 // crossings that found the ring full; the device stayed armed
+	Stale     uint64 // events Read dropped: their device was armed anew or disarmed since
 }
 
 // objects are the parts of the BPF collection the watcher uses: every map, and
@@ -70,8 +71,8 @@ type objects struct {
 	Prog *ebpf.Program `ebpf:"lvw_bio_queue"`
 }
 
-// Watcher owns the loaded watcher. Arm, Disarm and Counters may be called from
-// any goroutine; Read from one at a time.
+// Watcher owns the loaded watcher. Every method may be called from any
+// goroutine, Read from one at a time; after Close they return ErrClosed.
 type Watcher struct {
 	objs   objects
 	link   link.Link
@@ -79,9 +80,15 @@ type Watcher struct {
 	gate   *gate
 	lock   *os.File // the pin directory, flocked while this Watcher lives
 	pinDir string
-	mu     sync.Mutex // serialises Arm and Disarm, whose map updates go together
-	cookie uint64     // the last cookie handed out
 	log    zerolog.Logger
+
+	// mu serialises the map updates of Arm and Disarm, which go together, and
+	// keeps Close from unmapping the gate under them.
+	mu      sync.Mutex
+	closed  bool
+	cookie  uint64            // the last cookie handed out
+	current map[uint32]uint64 // dev_t → its arming's cookie, as in lvw_watch
+	stale   uint64            // events Read dropped
 }
 
 // Open loads the watcher, reusing pinned maps so that crossings that happened while
@@ -92,13 +99,16 @@ func Open(opts Options) (_ *Watcher, err error) {
 	if opts.PinDir == "" {
 		opts.PinDir = DefaultPinDir
 	}
-	w := &Watcher{pinDir: opts.PinDir, log: opts.Logger}
+	w := &Watcher{pinDir: opts.PinDir, log: opts.Logger, current: map[uint32]uint64{}}
 	defer func() {
 		if err != nil {
 			w.Close()
 		}
 	}()
 	if err := ensureFilesystems(); err != nil {
+		return nil, err
+	}
+	if err := checkTracepointFormat(); err != nil {
 		return nil, err
 	}
 	if err := w.lockPinDir(); err != nil {
@@ -115,18 +125,20 @@ func Open(opts Options) (_ *Watcher, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("load BPF objects: %w", err)
 	}
-	if err := w.attach(); err != nil {
+	if w.gate, err = mapGate(w.objs.LvwGate); err != nil {
 		return nil, err
 	}
-	if w.gate, err = mapGate(w.objs.LvwGate); err != nil {
+	last, err := w.loadArmings()
+	if err != nil {
+		return nil, err
+	}
+	// The gate is rebuilt before the new program runs, so that it sees every
+	// watched device from its first bio.
+	if err := w.attach(); err != nil {
 		return nil, err
 	}
 	if w.events, err = ringbuf.NewReader(w.objs.LvwEvents); err != nil {
 		return nil, fmt.Errorf("open event ring: %w", err)
-	}
-	last, err := w.lastCookie()
-	if err != nil {
-		return nil, err
 	}
 	// Events still in the ring may carry cookies no map holds any more; starting
 	// from the wall clock's nanoseconds keeps new cookies above those too.
@@ -180,15 +192,19 @@ func (w *Watcher) attach() error {
 	return nil
 }
 
-// lastCookie finds the highest cookie in the pinned maps, so that new cookies
-// never repeat one that is still armed.
-func (w *Watcher) lastCookie() (uint64, error) {
+// loadArmings reads the pinned armings into current, rebuilds the gate from
+// them and returns the highest cookie in the maps, so that new cookies never
+// repeat one that is still armed.
+func (w *Watcher) loadArmings() (uint64, error) {
 	var last uint64
 	var dev uint32
 	var arm bpfLvwArm
+	thresholds := map[uint32]uint64{}
 	it := w.objs.LvwWatch.Iterate()
 	for it.Next(&dev, &arm) {
 		last = max(last, arm.Cookie)
+		w.current[dev] = arm.Cookie
+		thresholds[dev] = arm.Threshold * sectorSize
 	}
 	if err := it.Err(); err != nil {
 		return 0, fmt.Errorf("read lvw_watch: %w", err)
@@ -201,95 +217,14 @@ func (w *Watcher) lastCookie() (uint64, error) {
 	if err := it.Err(); err != nil {
 		return 0, fmt.Errorf("read lvw_armed: %w", err)
 	}
+	w.gate.rebuild(thresholds)
 	return last, nil
 }
 
-// Arm makes the next write to dev that ends beyond threshold bytes raise one event,
-// replacing any earlier arming of dev. It returns the cookie that event will carry.
-func (w *Watcher) Arm(dev Dev, threshold uint64) (uint64, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	k := dev.kernel()
-	var old bpfLvwArm
-	hadOld := w.objs.LvwWatch.Lookup(k, &old) == nil
-
-	w.cookie++
-	cookie := w.cookie
-	// Gate, then cookie, then threshold: in every state between, the gate's bound
-	// is at or below every threshold the program can see for k.
-	owner := w.gate.claim(k, threshold)
-	if err := w.objs.LvwArmed.Update(cookie, k, ebpf.UpdateNoExist); err != nil {
-		return 0, fmt.Errorf("arm %s: %w", dev, mapFull(err))
-	}
-	arm := bpfLvwArm{Threshold: threshold / sectorSize, Cookie: cookie}
-	if err := w.objs.LvwWatch.Update(k, arm, ebpf.UpdateAny); err != nil {
-		w.objs.LvwArmed.Delete(cookie)
-		return 0, fmt.Errorf("arm %s: %w", dev, mapFull(err))
-	}
-	if owner {
-		w.gate.set(k, threshold)
-	}
-	if hadOld {
-		if err := w.objs.LvwArmed.Delete(old.Cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return 0, fmt.Errorf("drop the previous arming of %s: %w", dev, err)
-		}
-	}
-	return cookie, nil
-}
-
-func mapFull(err error) error {
-	if errors.Is(err, unix.E2BIG) {
-		return fmt.Errorf("more devices than the watcher holds: %w", err)
-	}
-	return err
-}
-
-// Disarm stops watching dev. It reports whether dev was still armed, that is
-// whether no crossing event for its last arming exists or will come.
-func (w *Watcher) Disarm(dev Dev) (bool, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	k := dev.kernel()
-	var arm bpfLvwArm
-	if err := w.objs.LvwWatch.LookupAndDelete(k, &arm); errors.Is(err, ebpf.ErrKeyNotExist) {
-		return false, nil
-	} else if err != nil {
-		return false, fmt.Errorf("disarm %s: %w", dev, err)
-	}
-	err := w.objs.LvwArmed.Delete(arm.Cookie)
-	armed := err == nil
-	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return false, fmt.Errorf("disarm %s: %w", dev, err)
-	}
-	if w.gate.owns(k) {
-		// The slot may be emptied only if no watched device hashes to it.
-		next, threshold, err := w.sharingSlot(k)
-		if err != nil {
-			return armed, fmt.Errorf("disarm %s: %w", dev, err)
-		}
-		w.gate.handOver(k, next, threshold)
-	}
-	return armed, nil
-}
-
-// sharingSlot finds a watched device other than k that hashes to k's gate slot,
-// with its threshold in bytes, or 0.
-func (w *Watcher) sharingSlot(k uint32) (uint32, uint64, error) {
-	var dev uint32
-	var arm bpfLvwArm
-	it := w.objs.LvwWatch.Iterate()
-	for it.Next(&dev, &arm) {
-		if dev != k && w.gate.slotOf(dev) == w.gate.slotOf(k) {
-			return dev, arm.Threshold * sectorSize, nil
-		}
-	}
-	if err := it.Err(); err != nil {
-		return 0, 0, fmt.Errorf("read lvw_watch: %w", err)
-	}
-	return 0, 0, nil
-}
-
-// Read blocks until the next crossing and returns it. When ctx ends it returns
+// Read blocks until the next crossing of a current arming and returns it. An
+// event whose arming was replaced by a later Arm, or removed by Disarm, is
+// dropped (and counted as Stale): the new arming answers for the device, with
+// Arm's Past for writes that went beyond it meanwhile. When ctx ends Read returns
 // ctx.Err(), but only once every event already in the ring has been returned.
 // After Close it returns ErrClosed.
 func (w *Watcher) Read(ctx context.Context) (Event, error) {
@@ -300,7 +235,13 @@ func (w *Watcher) Read(ctx context.Context) (Event, error) {
 		rec, err := w.events.Read()
 		switch {
 		case err == nil:
-			return decodeEvent(rec.RawSample, monotonicNow())
+			ev, err := decodeEvent(rec.RawSample, monotonicNow())
+			if err != nil {
+				return Event{}, err
+			}
+			if current, err := w.isCurrent(ev); err != nil || current {
+				return ev, err
+			}
 		case errors.Is(err, ringbuf.ErrFlushed):
 			if ctx.Err() != nil {
 				return Event{}, ctx.Err()
@@ -313,42 +254,33 @@ func (w *Watcher) Read(ctx context.Context) (Event, error) {
 	}
 }
 
-func monotonicNow() time.Duration {
-	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) // cannot fail for this clock
-	return time.Duration(ts.Nano())
-}
-
-// eventSize is sizeof(struct lvw_event).
-const eventSize = 4*8 + 4*4 + 16
-
-func decodeEvent(b []byte, now time.Duration) (Event, error) {
-	if len(b) < eventSize {
-		return Event{}, fmt.Errorf("short event: %d bytes, want %d", len(b), eventSize)
+// isCurrent reports whether ev's arming is still dev's, counting it stale if not.
+func (w *Watcher) isCurrent(ev Event) (bool, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return false, ErrClosed
 	}
-	le := binary.LittleEndian // bpfel: the generated objects are little-endian only
-	ev := Event{
-		Cookie:    le.Uint64(b[0:]),
-		Offset:    le.Uint64(b[8:]) * sectorSize,
-		Threshold: le.Uint64(b[16:]) * sectorSize,
-		Queued:    time.Duration(le.Uint64(b[24:])),
-		Dev:       devFromKernel(le.Uint32(b[32:])),
-		Length:    uint64(le.Uint32(b[36:])) * sectorSize,
-		PID:       le.Uint32(b[40:]),
-		TID:       le.Uint32(b[44:]),
-		Comm:      unix.ByteSliceToString(b[48:64]),
+	if w.current[ev.Dev.kernel()] == ev.Cookie {
+		return true, nil
 	}
-	ev.Latency = now - ev.Queued
-	return ev, nil
+	w.stale++
+	w.log.Debug().Stringer("dev", ev.Dev).Uint64("cookie", ev.Cookie).Msg("dropped the event of an arming since replaced")
+	return false, nil
 }
 
 // Counters sums the per-CPU counters.
 func (w *Watcher) Counters() (Counters, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return Counters{}, ErrClosed
+	}
+	c := Counters{Stale: w.stale}
 	var perCPU []bpfLvwCounters
 	if err := w.objs.LvwStats.Lookup(uint32(0), &perCPU); err != nil {
 		return Counters{}, fmt.Errorf("read lvw_stats: %w", err)
 	}
-	var c Counters
 	for _, p := range perCPU {
 		c.Bios += p.Bios
 		c.Crossings += p.Crossings
@@ -358,9 +290,37 @@ func (w *Watcher) Counters() (Counters, error) {
 }
 
 // Close releases the watcher and keeps the pins: the program stays attached and the
-// next Open delivers what crossed in between.
+// next Open delivers what crossed in between. It waits for an Arm or Disarm under
+// way; a second Close returns ErrClosed.
 func (w *Watcher) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.closeLocked(false)
+}
+
+// CloseAndUnpin detaches the program, removes the pins and closes the watcher.
+func (w *Watcher) CloseAndUnpin() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.closeLocked(true)
+}
+
+func (w *Watcher) closeLocked(unpin bool) error {
+	if w.closed {
+		return ErrClosed
+	}
+	w.closed = true
 	var errs []error
+	if unpin {
+		if w.link != nil {
+			errs = append(errs, w.link.Unpin())
+		}
+		for _, m := range w.objs.maps() {
+			if m != nil {
+				errs = append(errs, m.Unpin())
+			}
+		}
+	}
 	if w.events != nil {
 		errs = append(errs, w.events.Close())
 	}
@@ -372,20 +332,14 @@ func (w *Watcher) Close() error {
 	if w.lock != nil {
 		errs = append(errs, w.lock.Close()) // closing drops the flock
 	}
+	if unpin {
+		errs = append(errs, os.Remove(w.pinDir))
+	}
 	return errors.Join(errs...)
 }
 
-// CloseAndUnpin detaches the program, removes the pins and closes the watcher.
-func (w *Watcher) CloseAndUnpin() error {
-	var errs []error
-	if w.link != nil {
-		errs = append(errs, w.link.Unpin())
-	}
-	for _, m := range []*ebpf.Map{w.objs.LvwWatch, w.objs.LvwArmed, w.objs.LvwEvents, w.objs.LvwStats, w.objs.LvwGate} {
-		if m != nil {
-			errs = append(errs, m.Unpin())
-		}
-	}
-	errs = append(errs, w.Close(), os.Remove(w.pinDir))
-	return errors.Join(errs...)
+// maps lists every map, for unpinning.
+func (o *objects) maps() []*ebpf.Map {
+	m := &o.bpfMaps
+	return []*ebpf.Map{m.LvwWatch, m.LvwArmed, m.LvwHigh, m.LvwEvents, m.LvwStats, m.LvwGate}
 }
