@@ -1,8 +1,12 @@
 package dm
 
 import (
+	"context"
 	"fmt"
+	"runtime"
 	"strconv"
+	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -114,9 +118,11 @@ func (v Version) String() string { return fmt.Sprintf("%d.%d.%d", v.Major, v.Min
 type SuspendFlags uint32
 
 const (
-	// NoFlush keeps I/O in flight queued inside device-mapper across the
-	// suspend instead of waiting for it, as a table swap that keeps the
-	// existing mapping needs.
+	// NoFlush keeps the I/O that targets hold queued (multipath with no path
+	// left) queued across the suspend, instead of flushing it back up to
+	// fail, as a table swap that keeps the existing mapping needs. The
+	// suspend still waits for every other I/O in flight to complete; new I/O
+	// waits inside device-mapper until the resume.
 	NoFlush SuspendFlags = unix.DM_NOFLUSH_FLAG
 	// SkipLockfs does not freeze a filesystem mounted on the device.
 	SkipLockfs SuspendFlags = unix.DM_SKIP_LOCKFS_FLAG
@@ -133,7 +139,8 @@ const (
 
 // request is one ioctl: the command, the device it addresses and what varies in the header.
 type request struct {
-	op          string // for errors
+	ctx         context.Context // interrupts the ioctl when it ends; nil: never
+	op          string          // for errors
 	cmd         uint
 	id          DeviceID
 	flags       uint32
@@ -168,10 +175,13 @@ func (c *Control) do(r request) (header, []byte, error) {
 			return header{}, nil, err
 		}
 		copy(buf[headerSize:], r.payload)
-		if errno := c.ioctl(r.cmd, buf); errno != 0 {
+		if errno := c.ioctl(r.ctx, r.cmd, buf); errno != 0 {
 			e := &Error{Op: r.op, Errno: errno}
 			if r.id != (DeviceID{}) {
 				e.Device = r.id.String()
+			}
+			if errno == unix.EINTR {
+				return header{}, nil, fmt.Errorf("%w: interrupted: %w", e, r.ctx.Err())
 			}
 			return header{}, nil, e
 		}
@@ -189,13 +199,88 @@ func (c *Control) do(r request) (header, []byte, error) {
 	}
 }
 
-func (c *Control) ioctl(cmd uint, buf []byte) unix.Errno {
+// ioctl runs the ioctl, again after EINTR unless ctx has ended. The only
+// ioctl that waits for long, a suspend waiting for I/O in flight, waits
+// interruptibly (the kernel's dm_wait_for_completion) and undoes the suspend
+// when a signal interrupts it. So once ctx ends, the thread blocked in it
+// gets interruptSignal until the ioctl returns.
+func (c *Control) ioctl(ctx context.Context, cmd uint, buf []byte) unix.Errno {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if ctx.Done() != nil {
+		if err := interruptible(); err != nil {
+			return err.(unix.Errno)
+		}
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		stop := interruptOnDone(ctx, unix.Gettid())
+		defer stop()
+	}
 	for {
+		if ctx.Err() != nil {
+			return unix.EINTR
+		}
 		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(c.fd), uintptr(cmd), uintptr(unsafe.Pointer(&buf[0])))
 		if errno != unix.EINTR {
 			return errno
 		}
 	}
+}
+
+// interruptSignal interrupts a suspend: a real-time signal nothing in Go
+// uses, for which the runtime installs a handler that ignores it.
+const interruptSignal = unix.Signal(63)
+
+// interruptible makes interruptSignal end the syscall it interrupts. Device-
+// mapper returns -ERESTARTSYS from an interrupted wait (since 2023, in stable
+// kernels too), which the kernel restarts after a handler installed with
+// SA_RESTART, as the Go runtime installs every one: so the runtime's handler
+// for this one signal is installed again without it, once.
+var interruptible = sync.OnceValue(func() error {
+	const saRestart = 0x10000000
+	var act [4]uint64 // handler, flags, restorer, mask: read and written back whole
+	sigaction := func(new, old *[4]uint64) unix.Errno {
+		_, _, e := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(interruptSignal),
+			uintptr(unsafe.Pointer(new)), uintptr(unsafe.Pointer(old)), 8, 0, 0)
+		return e
+	}
+	if e := sigaction(nil, &act); e != 0 {
+		return e
+	}
+	if act[0] <= 1 { // SIG_DFL would kill the process, SIG_IGN not interrupt
+		return unix.ENOTSUP
+	}
+	act[1] &^= saRestart
+	if e := sigaction(&act, nil); e != 0 {
+		return e
+	}
+	return nil
+})
+
+// interruptOnDone signals thread tid every millisecond once ctx has ended,
+// until stop, which returns when no more signals will be sent.
+func interruptOnDone(ctx context.Context, tid int) (stop func()) {
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		select {
+		case <-done:
+			return
+		case <-ctx.Done():
+		}
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			unix.Tgkill(unix.Getpid(), tid, interruptSignal)
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
 }
 
 // Version asks the kernel for its ioctl interface version.
@@ -276,9 +361,11 @@ func (c *Control) ClearInactive(id DeviceID) (Info, error) {
 	return infoOf(h), err
 }
 
-// Suspend stops the device's I/O, as flags say, until Resume.
-func (c *Control) Suspend(id DeviceID, flags SuspendFlags) (Info, error) {
-	h, _, err := c.do(request{op: "suspend", cmd: unix.DM_DEV_SUSPEND, id: id, flags: unix.DM_SUSPEND_FLAG | uint32(flags)})
+// Suspend stops the device's I/O, as flags say, until Resume. It returns
+// once the I/O in flight has completed; if ctx ends first, the kernel gives
+// up waiting and undoes the suspend, and the error wraps ctx's.
+func (c *Control) Suspend(ctx context.Context, id DeviceID, flags SuspendFlags) (Info, error) {
+	h, _, err := c.do(request{ctx: ctx, op: "suspend", cmd: unix.DM_DEV_SUSPEND, id: id, flags: unix.DM_SUSPEND_FLAG | uint32(flags)})
 	return infoOf(h), err
 }
 

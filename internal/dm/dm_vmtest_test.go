@@ -3,12 +3,14 @@
 package dm_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -142,7 +144,7 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("%s is %d bytes, want %d", info.BlockDevice(), n, 2048*512)
 	}
 
-	suspended, err := c.Suspend(name, dm.NoFlush)
+	suspended, err := c.Suspend(t.Context(), name, dm.NoFlush)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +185,7 @@ func TestSwap(t *testing.T) {
 	if !slices.Equal(live, old) || !st.HasInactiveTable() {
 		t.Fatalf("after load: live %+v (want %+v), state %+v", live, old, st)
 	}
-	if _, err := c.Suspend(id, dm.NoFlush); err != nil {
+	if _, err := c.Suspend(t.Context(), id, dm.NoFlush); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.Resume(id); err != nil {
@@ -285,5 +287,73 @@ func TestErrors(t *testing.T) {
 	defer f.Close()
 	if err := c.Remove(id); !errors.Is(err, dm.ErrBusy) {
 		t.Errorf("remove of an open device: %v, want ErrBusy", err)
+	}
+}
+
+// TestSuspendBounded: a suspend waits for the I/O in flight, NoFlush or not,
+// so a device whose I/O hangs below it (here: a write queued on a suspended
+// device underneath, as on a multipath map with no path) would hold it
+// forever. When the context ends, the suspend gives up and the device keeps
+// running; the write completes once the device below resumes.
+func TestSuspendBounded(t *testing.T) {
+	c := dmtest.Control(t)
+	d := disk(t, 64<<20)
+	lower := create(t, c)
+	activate(t, c, dm.ByUUID(lower.UUID), linear(d, 1, 8192, 0))
+	upper := create(t, c)
+	upperID := dm.ByUUID(upper.UUID)
+	activate(t, c, upperID, []dm.Target{{Start: 0, Length: 8192, Type: "linear", Params: fmt.Sprintf("%d:%d 0", lower.Major, lower.Minor)}})
+
+	if _, err := c.Suspend(t.Context(), dm.ByUUID(lower.UUID), dm.NoFlush); err != nil {
+		t.Fatal(err)
+	}
+	resumeLower := func() {
+		if _, err := c.Resume(dm.ByUUID(lower.UUID)); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(resumeLower) // a second resume is harmless
+
+	f, err := os.OpenFile(upper.BlockDevice(), os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(buf)
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := f.WriteAt(buf, 0)
+		wrote <- err
+	}()
+	// The write is in flight on upper once the block layer counts it.
+	inflight := fmt.Sprintf("/sys/dev/block/%d:%d/inflight", upper.Major, upper.Minor)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		b, _ := os.ReadFile(inflight)
+		if f := strings.Fields(string(b)); len(f) == 2 && f[1] != "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the write never showed in %s", inflight)
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	_, err = c.Suspend(ctx, upperID, dm.NoFlush|dm.SkipLockfs)
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, unix.EINTR) {
+		t.Fatalf("suspend with I/O stuck below: %v, want it interrupted at the deadline", err)
+	}
+	t.Log(err)
+	if info, err := c.Info(upperID); err != nil || info.Suspended() {
+		t.Errorf("after the interrupted suspend: %+v, %v; want the device running", info, err)
+	}
+	resumeLower()
+	if err := <-wrote; err != nil {
+		t.Errorf("the write held below: %v", err)
 	}
 }
