@@ -11,15 +11,20 @@ import (
 	"github.com/lvwatch/lvwatch/internal/size"
 )
 
-func runRefresh(_ context.Context, args []string) error {
+func runRefresh(ctx context.Context, args []string) error {
 	fs := newFlagSet("refresh")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: lvwatch refresh [flags] VG/LV\n\n"+
 			"Reads the VG's LVM metadata from its PVs and, if the LV's device-mapper table on this host\n"+
-			"differs, swaps in the new one, as `lvchange --refresh` does. A live LV is never shrunk.")
+			"differs, swaps in the new one, as `lvchange --refresh` does. A live LV is never shrunk.\n"+
+			"Give the VG's PVs with --devices, or let it --scan the block devices lvm would.")
 		fs.PrintDefaults()
 	}
-	devices := fs.String("devices", "", "comma-separated PVs of the VG (default: scan this host's block devices)")
+	devices := fs.String("devices", "", "comma-separated PVs of the VG")
+	scan := fs.Bool("scan", false, "read the block devices lvm would scan (its devices file or filters) when --devices is not given or does not hold the whole VG")
+	readTimeout := fs.Duration("read-timeout", refresh.DefaultReadTimeout, "bound on the wait for lvm's VG lock and on each metadata read")
+	swapTimeout := fs.Duration("swap-timeout", refresh.DefaultSwapTimeout, "bound on the table swap; past it the old table stays live")
+	stateDir := fs.String("state-dir", refresh.DefaultStateDir, "where swaps in progress are recorded, for the next start to finish")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -30,13 +35,20 @@ func runRefresh(_ context.Context, args []string) error {
 	var pvs []string
 	if *devices != "" {
 		pvs = strings.Split(*devices, ",")
+	} else if !*scan {
+		return fmt.Errorf("%w: give the VG's PVs with --devices, or --scan", errUsage)
 	}
 	ctl, err := dm.Open()
 	if err != nil {
 		return err
 	}
 	defer ctl.Close()
-	res, err := refresh.New(ctl, logger).Refresh(vg, lv, pvs)
+	r, err := refresh.New(refresh.Kernel(ctl), refresh.Options{Log: logger, Scan: *scan,
+		ReadTimeout: *readTimeout, SwapTimeout: *swapTimeout, StateDir: *stateDir})
+	if err != nil {
+		return err
+	}
+	res, err := r.Refresh(ctx, vg, lv, pvs)
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/lvwatch/lvwatch/internal/dm/dmtest"
 	"github.com/lvwatch/lvwatch/internal/lvm"
 	"github.com/lvwatch/lvwatch/internal/lvm/lvmtest"
+	"github.com/lvwatch/lvwatch/internal/refresh"
 	"github.com/lvwatch/lvwatch/internal/testutil"
 )
 
@@ -39,6 +40,9 @@ func newFixture(t testing.TB) *fixture {
 	env := lvmtest.New(t, 2, 512<<20)
 	f := &fixture{env: env, vg: fmt.Sprintf("lvwatch_refresh_%d_%d", os.Getpid(), vgSeq.Add(1)), ctl: ctl}
 	env.CreateVG(f.vg, env.Paths(), nil, []string{"--physicalextentsize", "1m"})
+	// The refresher and lvwatch take the lvm configuration of the test's lvm:
+	// its lock directory, and its filter for a scan.
+	t.Setenv("LVM_SYSTEM_DIR", env.Dir)
 	// Runs before lvmtest's own cleanup removes the VG and the loop devices.
 	t.Cleanup(func() {
 		if _, err := env.Run(append([]string{"vgchange", "-an"}, append(activation, f.vg)...)...); err != nil {
@@ -46,6 +50,20 @@ func newFixture(t testing.TB) *fixture {
 		}
 	})
 	return f
+}
+
+// refresher is a Refresher on this host's device-mapper, with its records
+// in a directory of the test's own unless opts names one.
+func (f *fixture) refresher(t testing.TB, opts refresh.Options) *refresh.Refresher {
+	t.Helper()
+	if opts.StateDir == "" {
+		opts.StateDir = t.TempDir()
+	}
+	r, err := refresh.New(refresh.Kernel(f.ctl), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
 // lvm runs an lvm command that activates or refreshes LVs.

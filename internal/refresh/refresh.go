@@ -6,10 +6,12 @@
 package refresh
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -17,6 +19,8 @@ import (
 	"github.com/lvwatch/lvwatch/internal/blockdev"
 	"github.com/lvwatch/lvwatch/internal/dm"
 	"github.com/lvwatch/lvwatch/internal/lvm"
+	"github.com/lvwatch/lvwatch/internal/lvm/vglock"
+	"github.com/lvwatch/lvwatch/internal/refresh/intent"
 )
 
 var (
@@ -45,38 +49,159 @@ type Result struct {
 	Total            time.Duration
 }
 
-// Refresher refreshes LVs through one device-mapper control node.
-// It is safe for concurrent use on different LVs.
-type Refresher struct {
-	ctl *dm.Control
-	log zerolog.Logger
+// Mapper is what a Refresher asks of device-mapper and the block layer.
+// Kernel is the real one; tests inject faults through others.
+type Mapper interface {
+	Table(dm.DeviceID) (dm.Info, []dm.Target, error)
+	Load(dm.DeviceID, []dm.Target) (dm.Info, error)
+	LoadReadOnly(dm.DeviceID, []dm.Target) (dm.Info, error)
+	ClearInactive(dm.DeviceID) (dm.Info, error)
+	Suspend(context.Context, dm.DeviceID, dm.SuspendFlags) (dm.Info, error)
+	Resume(dm.DeviceID) (dm.Info, error)
+	// BlockSize is the size the kernel gives a block device: what the VM sees.
+	BlockSize(device string) (uint64, error)
 }
 
-// New returns a Refresher that logs, at debug level, what it loads.
-func New(ctl *dm.Control, log zerolog.Logger) *Refresher {
-	return &Refresher{ctl: ctl, log: log}
+// Kernel is the Mapper of this host: device-mapper through ctl.
+func Kernel(ctl *dm.Control) Mapper { return kernel{ctl} }
+
+type kernel struct{ *dm.Control }
+
+func (kernel) BlockSize(device string) (uint64, error) { return blockdev.Size(device) }
+
+// Options configure a Refresher; zero fields take the defaults.
+type Options struct {
+	Log zerolog.Logger
+	// Scan lets a refresh read every block device lvm would scan on this
+	// host (honouring lvm's devices file or filters) when the devices it is
+	// given do not hold the whole VG. Off, it reads only those.
+	Scan bool
+	// ReadTimeout bounds the wait for lvm's VG lock and each metadata read.
+	ReadTimeout time.Duration
+	// SwapTimeout bounds the swap: load, then a suspend that waits for the
+	// LV's I/O in flight; past it the suspend gives up and the old table
+	// stays live.
+	SwapTimeout time.Duration
+	// StateDir keeps the records of swaps in progress.
+	StateDir string
+}
+
+// Defaults of Options.
+const (
+	DefaultReadTimeout = 10 * time.Second
+	DefaultSwapTimeout = 5 * time.Second
+	DefaultStateDir    = "/run/lvwatch/refresh"
+)
+
+// Refresher refreshes LVs. It is meant to live as long as its process: it
+// keeps each VG's metadata and rereads it only after a commit. It is safe
+// for concurrent use; refreshes of one LV take turns.
+type Refresher struct {
+	m       Mapper
+	opts    Options
+	log     zerolog.Logger
+	lvm     *lvm.HostConfig
+	cache   *lvm.Cache
+	intents *intent.Dir
+	busy    sync.Map // dm uuid → *sync.Mutex
+}
+
+// New returns a Refresher, after finishing the swaps that processes which
+// died mid-way left behind (see Refresh): each such LV is resumed on its
+// live table. What it cannot finish it logs and leaves for the next start.
+func New(m Mapper, opts Options) (*Refresher, error) {
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = DefaultReadTimeout
+	}
+	if opts.SwapTimeout <= 0 {
+		opts.SwapTimeout = DefaultSwapTimeout
+	}
+	if opts.StateDir == "" {
+		opts.StateDir = DefaultStateDir
+	}
+	cfg, err := lvm.LoadHostConfig()
+	if err != nil {
+		return nil, err
+	}
+	intents, err := intent.Open(opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	r := &Refresher{m: m, opts: opts, log: opts.Log, lvm: cfg, cache: lvm.NewCache(), intents: intents}
+	orphans, err := intents.Orphans()
+	if err != nil {
+		r.log.Error().Err(err).Msg("unreadable records of interrupted swaps")
+	}
+	for _, rec := range orphans {
+		if err := r.finish(rec); err != nil {
+			r.log.Error().Err(err).Str("vg", rec.VG).Str("lv", rec.LV).Int("pid", rec.PID).
+				Msg("cannot finish a swap a dead process left: the LV may stay suspended")
+		}
+	}
+	return r, nil
+}
+
+// finish puts an LV whose swap a dead process left at any step back on its
+// live table, running, and drops the record.
+func (r *Refresher) finish(rec intent.Record) error {
+	ctx, cancel := context.WithTimeout(context.Background(), r.opts.ReadTimeout)
+	defer cancel()
+	lock, err := vglock.Shared(ctx, r.lvm.LockingDir, rec.VG)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	id := dm.ByUUID(rec.UUID)
+	info, _, err := r.m.Table(id)
+	switch {
+	case errors.Is(err, dm.ErrNoDevice): // deactivated since
+	case err != nil:
+		return err
+	case info.Suspended() || info.HasInactiveTable():
+		if err := r.restore(id); err != nil {
+			return fmt.Errorf("%s/%s: %w", rec.VG, rec.LV, err)
+		}
+		r.log.Info().Str("vg", rec.VG).Str("lv", rec.LV).Int("pid", rec.PID).Time("since", rec.Time).
+			Bool("was_suspended", info.Suspended()).Msg("resumed an LV whose swap a dead process left unfinished")
+	}
+	return r.intents.Done(rec.UUID)
 }
 
 // Refresh makes the live table of LV lvName of VG vgName match the VG's
 // metadata on disk. devices are the VG's PVs (Result.Devices of an earlier
-// refresh), or nil to scan this host's block devices; when they no longer
-// hold the whole VG, Refresh scans.
+// refresh), or nil for those the last refresh of the VG used; when they do
+// not hold the whole VG, Refresh scans if Options.Scan allows, else fails.
+//
+// It holds lvm's own lock of the VG, shared, from the read to the resume,
+// so that an lvm command on this host cannot change the VG meanwhile. The
+// VG's metadata is read once and then revalidated by its metadata area's
+// header; warnings about it (stale or corrupt copies, PVs missing or
+// duplicate) are logged when it is read.
 //
 // A table equal to the metadata's is left alone. One that shrinks the LV or
 // moves sectors it already maps is refused (ErrShrink, ErrRemap): an
-// extension only adds sectors at the end. The new table is loaded into
-// the inactive slot; the device is suspended without flushing (I/O in flight
-// waits inside device-mapper, nothing fails) or freezing a filesystem,
-// resumed on the new table, and its size checked. The new table is loaded
-// read-only when the device is, or when the metadata makes the VG or LV
-// read-only, as lvm does. A failure between load and resume drops the
-// loaded table and resumes the old one, so the LV is never left suspended.
-// An LV with a table pending from another process is left alone
-// (ErrSuspended).
-func (r *Refresher) Refresh(vgName, lvName string, devices []string) (Result, error) {
+// extension only adds sectors at the end. The new table is loaded into the
+// inactive slot; the device is suspended without flushing (I/O a target
+// holds queued stays queued) or freezing a filesystem, which still waits for
+// the I/O in flight, for at most Options.SwapTimeout; then it is resumed on
+// the new table and its size checked. The new table is loaded read-only
+// when the device is, or when the metadata makes the VG or LV read-only, as
+// lvm does. A failure between load and resume drops the loaded table and
+// resumes the old one, so the LV is never left suspended; and the swap is
+// recorded under Options.StateDir before it starts, so that if this process
+// dies half-way, the next New resumes the LV. An LV with a table pending
+// from another process is left alone (ErrSuspended).
+func (r *Refresher) Refresh(ctx context.Context, vgName, lvName string, devices []string) (Result, error) {
 	start := time.Now()
 	res := Result{VG: vgName, LV: lvName}
-	vg, want, err := readTable(vgName, lvName, devices)
+	readCtx, cancel := context.WithTimeout(ctx, r.opts.ReadTimeout)
+	defer cancel()
+	lock, err := vglock.Shared(readCtx, r.lvm.LockingDir, vgName)
+	if err != nil {
+		return res, err
+	}
+	defer lock.Unlock()
+	vg, want, err := r.readTable(readCtx, vgName, lvName, devices)
 	if err != nil {
 		return res, err
 	}
@@ -87,8 +212,11 @@ func (r *Refresher) Refresh(vgName, lvName string, devices []string) (Result, er
 	}
 	res.Metadata = time.Since(start)
 
+	mu, _ := r.busy.LoadOrStore(uuid, new(sync.Mutex))
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
 	id := dm.ByUUID(uuid)
-	info, live, err := r.ctl.Table(id)
+	info, live, err := r.m.Table(id)
 	if errors.Is(err, dm.ErrNoDevice) {
 		return res, fmt.Errorf("%s/%s (dm uuid %s): %w", vgName, lvName, uuid, ErrNotActive)
 	}
@@ -130,12 +258,12 @@ func (r *Refresher) Refresh(vgName, lvName string, devices []string) (Result, er
 	readOnly := info.ReadOnly() || !slices.Contains(vg.Status, "WRITE") || !lv.HasStatus("WRITE")
 
 	swapStart := time.Now()
-	if err := r.swap(id, want, readOnly); err != nil {
+	if err := r.swap(ctx, id, uuid, vgName, lvName, want, readOnly); err != nil {
 		return res, fmt.Errorf("%s/%s: %w", vgName, lvName, err)
 	}
 	res.Swap = time.Since(swapStart)
 	res.Changed = true
-	size, err := blockdev.Size(res.Device)
+	size, err := r.m.BlockSize(res.Device)
 	if err != nil {
 		return res, fmt.Errorf("%s/%s: check the new size: %w", vgName, lvName, err)
 	}
@@ -146,16 +274,21 @@ func (r *Refresher) Refresh(vgName, lvName string, devices []string) (Result, er
 	return res, nil
 }
 
-// readTable reads the VG's metadata from devices, or from a scan of this
-// host when the devices do not (or no longer) hold all of the VG.
-func readTable(vgName, lvName string, devices []string) (*lvm.VG, []dm.Target, error) {
-	vg, err := lvm.ReadVG(vgName, devices)
+// readTable reads the VG's metadata from devices, or, if allowed, from a
+// scan of this host when the devices do not (or no longer) hold all of it.
+func (r *Refresher) readTable(ctx context.Context, vgName, lvName string, devices []string) (*lvm.VG, []dm.Target, error) {
+	vg, cached, err := r.cache.ReadVG(ctx, vgName, devices)
+	r.logWarnings(vg, cached)
 	var table []dm.Target
 	if err == nil {
 		table, err = vg.Table(lvName)
 	}
-	if devices != nil && (errors.Is(err, lvm.ErrVGNotFound) || errors.Is(err, lvm.ErrPVMissing)) {
-		return readTable(vgName, lvName, nil)
+	if r.opts.Scan && (errors.Is(err, lvm.ErrVGNotFound) || errors.Is(err, lvm.ErrPVMissing)) {
+		if vg, err = lvm.ScanVG(ctx, vgName, r.lvm); err == nil {
+			r.cache.Put(vg, vg.DevicePaths())
+			r.logWarnings(vg, false)
+			table, err = vg.Table(lvName)
+		}
 	}
 	if err != nil {
 		return nil, nil, err
@@ -163,32 +296,70 @@ func readTable(vgName, lvName string, devices []string) (*lvm.VG, []dm.Target, e
 	return vg, table, nil
 }
 
-func (r *Refresher) swap(id dm.DeviceID, table []dm.Target, readOnly bool) error {
-	load := r.ctl.Load
+// logWarnings logs what a fresh read of the VG found wrong: an operator
+// fixes stale or corrupt copies and missing or duplicate PVs.
+func (r *Refresher) logWarnings(vg *lvm.VG, cached bool) {
+	if vg == nil || cached {
+		return
+	}
+	for _, w := range vg.Warnings {
+		r.log.Info().Str("vg", vg.Name).Uint64("seqno", vg.Seqno).Str("warning", w).Msg("LVM metadata warning")
+	}
+}
+
+// swap loads the table, suspends the device and resumes it on the new
+// table, recording the swap until the device runs again.
+func (r *Refresher) swap(ctx context.Context, id dm.DeviceID, uuid, vg, lv string, table []dm.Target, readOnly bool) error {
+	ctx, cancel := context.WithTimeout(ctx, r.opts.SwapTimeout)
+	defer cancel()
+	if err := r.intents.Begin(uuid, vg, lv); err != nil {
+		return err
+	}
+	load := r.m.Load
 	if readOnly {
-		load = r.ctl.LoadReadOnly
+		load = r.m.LoadReadOnly
 	}
 	if _, err := load(id, table); err != nil {
-		return fmt.Errorf("load the new table: %w", err)
+		return r.rollback(id, uuid, fmt.Errorf("load the new table: %w", err))
 	}
 	// As lvm does for a refresh, skip freezing a filesystem: the existing
-	// mapping does not change. Unlike lvm, do not wait for I/O in flight.
-	if _, err := r.ctl.Suspend(id, dm.NoFlush|dm.SkipLockfs); err != nil {
-		return r.rollback(id, fmt.Errorf("suspend: %w", err))
+	// mapping does not change.
+	if _, err := r.m.Suspend(ctx, id, dm.NoFlush|dm.SkipLockfs); err != nil {
+		return r.rollback(id, uuid, fmt.Errorf("suspend: %w", err))
 	}
-	if _, err := r.ctl.Resume(id); err != nil {
-		return r.rollback(id, fmt.Errorf("resume on the new table: %w", err))
+	if _, err := r.m.Resume(id); err != nil {
+		return r.rollback(id, uuid, fmt.Errorf("resume on the new table: %w", err))
 	}
+	r.done(uuid)
 	return nil
 }
 
-// rollback drops the loaded table and resumes the device on its old one.
-func (r *Refresher) rollback(id dm.DeviceID, cause error) error {
-	_, clearErr := r.ctl.ClearInactive(id)
-	if _, err := r.ctl.Resume(id); err != nil {
-		return errors.Join(cause, clearErr, fmt.Errorf("resume on the old table: %w: the LV may be left suspended", err))
+// rollback restores the device after a failed swap; if that fails too, the
+// record stays for the next start to finish.
+func (r *Refresher) rollback(id dm.DeviceID, uuid string, cause error) error {
+	if err := r.restore(id); err != nil {
+		return errors.Join(cause, err, errors.New("the LV may be left suspended until a refresher starts again"))
 	}
+	r.done(uuid)
 	return cause
+}
+
+// done drops the record of a swap over. Should that fail, the next start
+// finds the device running and drops it then.
+func (r *Refresher) done(uuid string) {
+	if err := r.intents.Done(uuid); err != nil {
+		r.log.Info().Err(err).Msg("cannot drop the record of a finished swap")
+	}
+}
+
+// restore drops a loaded table not yet live and resumes the device on its
+// live one. Both are no-ops on a device with neither.
+func (r *Refresher) restore(id dm.DeviceID) error {
+	_, clearErr := r.m.ClearInactive(id)
+	if _, err := r.m.Resume(id); err != nil {
+		return errors.Join(clearErr, fmt.Errorf("resume on the old table: %w", err))
+	}
+	return nil
 }
 
 // sameTable compares tables target by target.

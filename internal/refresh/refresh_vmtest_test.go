@@ -3,13 +3,16 @@
 package refresh_test
 
 import (
+	"bufio"
 	"errors"
+	"fmt"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
 	"github.com/lvwatch/lvwatch/internal/dm"
@@ -34,7 +37,7 @@ func TestCLIAfterExtendByAnotherHost(t *testing.T) {
 	if n := dmtest.BlockSize(t, f.device("disk")); n != 64<<20 {
 		t.Fatalf("before the refresh the LV is %d bytes, want the old 64 MiB", n)
 	}
-	out := run(t, bin, "refresh", f.vg+"/disk")
+	out := run(t, bin, "refresh", "--scan", f.vg+"/disk")
 	t.Logf("lvwatch refresh: %s", out)
 	if !strings.Contains(out, "64MiB -> 128MiB") {
 		t.Errorf("lvwatch refresh printed %q, want the old and new sizes", out)
@@ -54,7 +57,7 @@ func TestCLIAfterExtendByAnotherHost(t *testing.T) {
 	if lvms := f.dmsetupTable(t, "disk"); lvms != ours {
 		t.Errorf("lvwatch loaded\n%s\nlvchange --refresh loads\n%s", ours, lvms)
 	}
-	if out := run(t, bin, "refresh", f.vg+"/disk"); !strings.Contains(out, "unchanged") {
+	if out := run(t, bin, "refresh", "--scan", f.vg+"/disk"); !strings.Contains(out, "unchanged") {
 		t.Errorf("second refresh printed %q, want no change", out)
 	}
 }
@@ -64,7 +67,7 @@ func TestStripedMatchesLvchange(t *testing.T) {
 	f := newFixture(t)
 	f.createLV(t, "striped", "32m", "--stripes", "2", "--stripesize", "64k")
 	f.resizeMetadataOnly(t, "lvextend", "striped", "+32m")
-	res, err := refresh.New(f.ctl, zerolog.Nop()).Refresh(f.vg, "striped", nil)
+	res, err := f.refresher(t, refresh.Options{Scan: true}).Refresh(t.Context(), f.vg, "striped", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,12 +85,12 @@ func TestStripedMatchesLvchange(t *testing.T) {
 func TestRefreshUnderIO(t *testing.T) {
 	f := newFixture(t)
 	f.createLV(t, "disk", "16m")
-	r := refresh.New(f.ctl, zerolog.Nop())
+	r := f.refresher(t, refresh.Options{})
 	w := startWriter(t, f.device("disk"), 4096)
 	devices := f.env.Paths()
 	for i := range 5 {
 		f.resizeMetadataOnly(t, "lvextend", "disk", "+8m")
-		res, err := r.Refresh(f.vg, "disk", devices)
+		res, err := r.Refresh(t.Context(), f.vg, "disk", devices)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -107,7 +110,7 @@ func TestRefreshUnchanged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := refresh.New(f.ctl, zerolog.Nop()).Refresh(f.vg, "disk", f.env.Paths())
+	res, err := f.refresher(t, refresh.Options{}).Refresh(t.Context(), f.vg, "disk", f.env.Paths())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +130,7 @@ func TestRefreshRefusesShrink(t *testing.T) {
 	f := newFixture(t)
 	f.createLV(t, "disk", "32m")
 	f.resizeMetadataOnly(t, "lvreduce", "disk", "16m")
-	_, err := refresh.New(f.ctl, zerolog.Nop()).Refresh(f.vg, "disk", f.env.Paths())
+	_, err := f.refresher(t, refresh.Options{}).Refresh(t.Context(), f.vg, "disk", f.env.Paths())
 	if !errors.Is(err, refresh.ErrShrink) {
 		t.Fatalf("refresh of a shrunk LV: %v, want ErrShrink", err)
 	}
@@ -148,7 +151,7 @@ func TestRefreshRefusesRemap(t *testing.T) {
 	f.resizeMetadataOnly(t, "lvreduce", "disk", "8m")
 	// The sectors 8m-16m of the live LV now come from the other PV.
 	f.env.MustRun("lvextend", "-q", "--driverloaded", "n", "-L", "24m", f.vg+"/disk", f.env.Paths()[1])
-	_, err := refresh.New(f.ctl, zerolog.Nop()).Refresh(f.vg, "disk", f.env.Paths())
+	_, err := f.refresher(t, refresh.Options{}).Refresh(t.Context(), f.vg, "disk", f.env.Paths())
 	if !errors.Is(err, refresh.ErrRemap) {
 		t.Fatalf("refresh of a remapped LV: %v, want ErrRemap", err)
 	}
@@ -178,7 +181,7 @@ func TestRefreshLeavesPendingTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.ctl.ClearInactive(id) })
-	_, err = refresh.New(f.ctl, zerolog.Nop()).Refresh(f.vg, "disk", f.env.Paths())
+	_, err = f.refresher(t, refresh.Options{}).Refresh(t.Context(), f.vg, "disk", f.env.Paths())
 	if !errors.Is(err, refresh.ErrSuspended) {
 		t.Errorf("refresh with another table pending: %v, want ErrSuspended", err)
 	}
@@ -211,7 +214,7 @@ func TestRefreshKeepsReadOnly(t *testing.T) {
 				_, err = f.ctl.LoadReadOnly(id, live)
 			}
 			if err == nil {
-				_, err = f.ctl.Suspend(id, dm.NoFlush)
+				_, err = f.ctl.Suspend(t.Context(), id, dm.NoFlush)
 			}
 			if err == nil {
 				_, err = f.ctl.Resume(id)
@@ -230,7 +233,7 @@ func TestRefreshKeepsReadOnly(t *testing.T) {
 			if info, err := f.ctl.Info(id); err != nil || !info.ReadOnly() {
 				t.Fatalf("before the refresh: %+v, %v; want a read-only device", info, err)
 			}
-			res, err := refresh.New(f.ctl, zerolog.Nop()).Refresh(f.vg, "disk", f.env.Paths())
+			res, err := f.refresher(t, refresh.Options{}).Refresh(t.Context(), f.vg, "disk", f.env.Paths())
 			if err != nil || !res.Changed {
 				t.Fatalf("refresh: %+v, %v", res, err)
 			}
@@ -256,7 +259,7 @@ func TestRefreshKeepsReadOnly(t *testing.T) {
 func TestRefreshNotActive(t *testing.T) {
 	f := newFixture(t)
 	f.createLV(t, "disk", "8m", "--activate", "n")
-	_, err := refresh.New(f.ctl, zerolog.Nop()).Refresh(f.vg, "disk", f.env.Paths())
+	_, err := f.refresher(t, refresh.Options{}).Refresh(t.Context(), f.vg, "disk", f.env.Paths())
 	if !errors.Is(err, refresh.ErrNotActive) {
 		t.Errorf("refresh of an inactive LV: %v, want ErrNotActive", err)
 	}
@@ -268,7 +271,7 @@ func TestRefreshNotActive(t *testing.T) {
 func BenchmarkRefresh(b *testing.B) {
 	f := newFixture(b)
 	f.createLV(b, "disk", "8m")
-	r := refresh.New(f.ctl, zerolog.Nop())
+	r := f.refresher(b, refresh.Options{})
 	bin := lvwatchBin(b)
 	devices := f.env.Paths()
 	extend := func() {
@@ -286,7 +289,7 @@ func BenchmarkRefresh(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		timed(&api, func() {
-			res, err := r.Refresh(f.vg, "disk", devices)
+			res, err := r.Refresh(b.Context(), f.vg, "disk", devices)
 			if err != nil || !res.Changed {
 				b.Fatalf("refresh: %+v, %v", res, err)
 			}
@@ -304,4 +307,80 @@ func BenchmarkRefresh(b *testing.B) {
 	b.ReportMetric(float64(latency.Quantile(lvchange, 0.5))/float64(latency.Quantile(api, 0.5)), "speedup-p50")
 	b.ReportMetric(float64(latency.Quantile(lvchange, 0.99))/float64(latency.Quantile(api, 0.99)), "speedup-p99")
 	b.ReportMetric(float64(latency.Quantile(lvchange, 0.5))/float64(latency.Quantile(cli, 0.5)), "speedup-cli-p50")
+}
+
+// TestKilledBetweenSuspendAndResume: a process refreshing an LV dies (SIGKILL)
+// with the LV suspended and the new table loaded; the next refresher to
+// start resumes the LV on its live table, and then refreshes it.
+func TestKilledBetweenSuspendAndResume(t *testing.T) {
+	f := newFixture(t)
+	f.createLV(t, "disk", "16m")
+	f.resizeMetadataOnly(t, "lvextend", "disk", "+16m")
+	id := dm.ByName(f.dmName("disk"))
+	t.Cleanup(func() { // lest the fixture's cleanup hang on a suspended LV
+		if info, err := f.ctl.Info(id); err == nil && info.Suspended() {
+			f.ctl.Resume(id)
+		}
+	})
+	state := t.TempDir()
+	helper := exec.Command(os.Args[0], "-test.run=^TestKillHelper$", "-test.v")
+	helper.Env = append(os.Environ(), "LVWATCH_KILL_HELPER="+f.vg, "LVWATCH_KILL_STATE="+state,
+		"LVWATCH_KILL_DEVICES="+strings.Join(f.env.Paths(), ","))
+	out, err := helper.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	helper.Stderr = os.Stderr
+	if err := helper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() && sc.Text() != "suspended" {
+	}
+	helper.Process.Kill()
+	helper.Wait()
+
+	info, err := f.ctl.Info(id)
+	if err != nil || !info.Suspended() || !info.HasInactiveTable() {
+		t.Fatalf("after the kill: %+v, %v; want the LV suspended with the new table loaded", info, err)
+	}
+	if ents, _ := os.ReadDir(state); len(ents) != 1 {
+		t.Fatalf("records after the kill: %v, want one", ents)
+	}
+
+	r := f.refresher(t, refresh.Options{StateDir: state})
+	info, table, err := f.ctl.Table(id)
+	if err != nil || info.Suspended() || info.HasInactiveTable() || dm.TableSectors(table) != 16<<11 {
+		t.Fatalf("after the next start: %+v, %d sectors, %v; want the LV running on its old table", info, dm.TableSectors(table), err)
+	}
+	if ents, _ := os.ReadDir(state); len(ents) != 0 {
+		t.Errorf("records after the next start: %v", ents)
+	}
+	res, err := r.Refresh(t.Context(), f.vg, "disk", f.env.Paths())
+	if err != nil || !res.Changed || res.NewSize != 32<<20 {
+		t.Errorf("refresh after the recovery: %+v, %v", res, err)
+	}
+}
+
+// TestKillHelper is TestKilledBetweenSuspendAndResume's process to kill: it
+// refreshes the LV and, suspended, says so and waits instead of resuming.
+func TestKillHelper(t *testing.T) {
+	vg := os.Getenv("LVWATCH_KILL_HELPER")
+	if vg == "" {
+		t.Skip("the helper process of TestKilledBetweenSuspendAndResume")
+	}
+	r, err := refresh.New(stopAtResume{refresh.Kernel(dmtest.Control(t))}, refresh.Options{StateDir: os.Getenv("LVWATCH_KILL_STATE")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.Refresh(t.Context(), vg, "disk", strings.Split(os.Getenv("LVWATCH_KILL_DEVICES"), ","))
+	t.Fatalf("refresh returned: %v", err)
+}
+
+// stopAtResume waits to be killed where it would resume.
+type stopAtResume struct{ refresh.Mapper }
+
+func (stopAtResume) Resume(dm.DeviceID) (dm.Info, error) {
+	fmt.Println("suspended")
+	select {}
 }
