@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lvwatch/lvwatch/internal/process"
 	"github.com/rs/zerolog"
 )
 
@@ -189,7 +190,7 @@ func checkOwner(in *Volume, id int, self Owner, takeOver bool, log zerolog.Logge
 	if err := in.ReadAt(buf, blockOffset(id)); err != nil {
 		return fmt.Errorf("mailbox host %d: reading its mailbox to see who uses it: %w", id, err)
 	}
-	err := claim(id, (*Mailbox)(buf), self, processAlive)
+	err := claim(id, (*Mailbox)(buf), self, process.Alive)
 	if err != nil && takeOver {
 		log.Warn().Err(err).Msg("taking the host id over: erasing the messages in its mailbox")
 		return nil

@@ -7,8 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 
+	"github.com/lvwatch/lvwatch/internal/process"
 	"golang.org/x/sys/unix"
 )
 
@@ -89,7 +89,7 @@ var ErrHostIDInUse = errors.New("host id in use by another writer")
 // that has exited, or one of an earlier boot of this machine. Messages without a mark
 // (vdsm's, or an older lvwatch's), of a live process, or of another machine are
 // someone's pending requests: erased, they would never be sent again.
-func claim(id int, mb *Mailbox, self Owner, alive func(pid uint32, start uint64) bool) error {
+func claim(id int, mb *Mailbox, self Owner, alive func(pid int, start uint64) bool) error {
 	n := mb.messages()
 	if n == 0 || !mb.Valid() {
 		return nil
@@ -105,7 +105,7 @@ func claim(id int, mb *Mailbox, self Owner, alive func(pid uint32, start uint64)
 		switch {
 		case o.PIDNS != self.PIDNS:
 			who = o.String() + " in another PID namespace"
-		case alive(o.PID, o.Start):
+		case alive(int(o.PID), o.Start):
 			who = o.String() + ", which is running"
 		default:
 			return nil // that process has exited
@@ -134,36 +134,6 @@ func currentOwner() Owner {
 	if unix.Stat("/proc/self/ns/pid", &st) == nil {
 		o.PIDNS = st.Ino
 	}
-	o.Start, _ = processStart(o.PID)
+	o.Start, _ = process.StartTime(int(o.PID))
 	return o
-}
-
-// processAlive reports whether process pid runs and started at start.
-func processAlive(pid uint32, start uint64) bool {
-	got, err := processStart(pid)
-	return err == nil && got == start
-}
-
-func processStart(pid uint32) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	return parseStatStart(b)
-}
-
-// parseStatStart returns the start time (field 22) of a /proc/PID/stat line. The
-// command name (field 2) is in parentheses and may hold spaces and parentheses itself,
-// so fields are counted from the last ')'.
-func parseStatStart(stat []byte) (uint64, error) {
-	end := bytes.LastIndexByte(stat, ')')
-	if end < 0 {
-		return 0, errors.New("/proc stat: no command name")
-	}
-	fields := bytes.Fields(stat[end+1:])
-	const startField = 22 - 3 // fields[0] is field 3, the state
-	if len(fields) <= startField {
-		return 0, fmt.Errorf("/proc stat: %d fields after the command name", len(fields))
-	}
-	return strconv.ParseUint(string(fields[startField]), 10, 64)
 }

@@ -2,7 +2,6 @@ package mailbox
 
 import (
 	"errors"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -42,7 +41,7 @@ func TestOwnerMark(t *testing.T) {
 // claim's rule, case by case: who may clear a mailbox that holds messages.
 func TestClaim(t *testing.T) {
 	self := Owner{Machine: [16]byte{0xaa}, Boot: [16]byte{0xbb}, PIDNS: 7, PID: 100, Start: 50}
-	alive := func(pid uint32, start uint64) bool { return pid == 200 && start == 60 }
+	alive := func(pid int, start uint64) bool { return pid == 200 && start == 60 }
 	withOwner := func(o Owner) Mailbox {
 		mb := refBlock(t, "host7-request-mailbox.bin")
 		mb.setOwner(o)
@@ -87,29 +86,6 @@ func TestClaim(t *testing.T) {
 	}
 	if (Owner{}) == currentOwner() {
 		t.Error("currentOwner knows nothing of this process")
-	}
-}
-
-func TestParseStatStart(t *testing.T) {
-	b, err := os.ReadFile("/proc/self/stat")
-	if err != nil {
-		t.Fatal(err)
-	}
-	start, err := parseStatStart(b)
-	if err != nil || start == 0 {
-		t.Fatalf("own start time: %d, %v", start, err)
-	}
-	if !processAlive(uint32(os.Getpid()), start) || processAlive(uint32(os.Getpid()), start+1) {
-		t.Error("processAlive does not tell this process by its start time")
-	}
-	odd := "42 (a) b (c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 777 19 20\n"
-	if got, err := parseStatStart([]byte(odd)); err != nil || got != 777 {
-		t.Errorf("comm with parentheses: %d, %v", got, err)
-	}
-	for _, bad := range []string{"", "42 (a", "42 (a) S 1 2"} {
-		if _, err := parseStatStart([]byte(bad)); err == nil {
-			t.Errorf("%q parsed", bad)
-		}
 	}
 }
 
@@ -173,20 +149,6 @@ func FuzzOwner(f *testing.F) {
 		again.setOwner(o)
 		if back, ok := again.Owner(); !ok || back != o {
 			t.Fatalf("%+v → %+v, %v", o, back, ok)
-		}
-	})
-}
-
-// Any /proc stat line: no panic, and a start time only when the fields are there.
-func FuzzParseStatStart(f *testing.F) {
-	if b, err := os.ReadFile("/proc/self/stat"); err == nil {
-		f.Add(string(b))
-	}
-	f.Add("42 (a) b (c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 777 19 20")
-	f.Add("1 (x")
-	f.Fuzz(func(t *testing.T, s string) {
-		if _, err := parseStatStart([]byte(s)); err == nil && !strings.Contains(s, ")") {
-			t.Fatalf("parsed %q without a command name", s)
 		}
 	})
 }
