@@ -186,7 +186,10 @@ func unexpected(stderr string) string {
 			strings.HasPrefix(l, "/dev/mapper/control: open failed"),
 			strings.HasPrefix(l, "Failure to communicate with kernel device-mapper driver"),
 			strings.HasPrefix(l, "Check that device-mapper is available in the kernel"),
-			strings.HasPrefix(l, "Incompatible libdevmapper"):
+			strings.HasPrefix(l, "Incompatible libdevmapper"),
+			// lvm's shell (Shell) on a host without a terminfo database, as in the test guest.
+			l == "Cannot read termcap database;",
+			l == "using dumb terminal settings.":
 			continue
 		}
 		bad = append(bad, l)
