@@ -17,6 +17,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/lvwatch/lvwatch/internal/process"
 )
 
 // Record is one swap under way.
@@ -45,7 +47,7 @@ func Open(path string) (*Dir, error) {
 		return nil, fmt.Errorf("intent records: %w", err)
 	}
 	pid := os.Getpid()
-	start, err := startTime(pid)
+	start, err := process.StartTime(pid)
 	if err != nil {
 		return nil, fmt.Errorf("intent records: %w", err)
 	}
@@ -97,7 +99,7 @@ func (d *Dir) Orphans() ([]Record, error) {
 		path := filepath.Join(d.path, name)
 		if strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".tmp") {
 			parts := strings.Split(name, ".")
-			if pid, err := strconv.Atoi(parts[len(parts)-2]); err == nil && !alive(pid, 0) {
+			if pid, err := strconv.Atoi(parts[len(parts)-2]); err == nil && !process.Alive(pid, 0) {
 				os.Remove(path)
 			}
 			continue
@@ -116,7 +118,7 @@ func (d *Dir) Orphans() ([]Record, error) {
 			errs = append(errs, fmt.Errorf("intent record %s: %w", path, err))
 			continue
 		}
-		if !alive(r.PID, r.Start) {
+		if !process.Alive(r.PID, r.Start) {
 			out = append(out, r)
 		}
 	}
@@ -172,40 +174,4 @@ func (d *Dir) syncDir() error {
 		return fmt.Errorf("intent records: sync %s: %w", d.path, err)
 	}
 	return nil
-}
-
-// alive tells whether process pid runs and, when start is not 0, is the
-// one that started then (not a later process given the same pid).
-func alive(pid int, start uint64) bool {
-	got, err := startTime(pid)
-	return err == nil && (start == 0 || got == start)
-}
-
-// startTime reads a process's start time from /proc/PID/stat.
-func startTime(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	return ParseStartTime(b)
-}
-
-// ParseStartTime returns field 22, starttime, of a /proc/PID/stat line. The
-// command name, field 2, is in parentheses and may hold any byte: the fields
-// after it start after its last ')'.
-func ParseStartTime(stat []byte) (uint64, error) {
-	s := string(stat)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, errors.New("proc stat: no command name")
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 { // fields 3..22
-		return 0, fmt.Errorf("proc stat: %d fields after the command name", len(f))
-	}
-	n, err := strconv.ParseUint(f[19], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("proc stat: starttime: %w", err)
-	}
-	return n, nil
 }

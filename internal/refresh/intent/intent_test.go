@@ -65,22 +65,6 @@ func TestOrphans(t *testing.T) {
 	}
 }
 
-func TestParseStartTime(t *testing.T) {
-	line := "4242 (a) b) (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100\n"
-	if n, err := ParseStartTime([]byte(line)); err != nil || n != 987654 {
-		t.Errorf("start time %d, %v; want 987654", n, err)
-	}
-	for _, bad := range []string{"", "1 (x", "1 (x) S 1 2", "1 (x) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 -1"} {
-		if _, err := ParseStartTime([]byte(bad)); err == nil {
-			t.Errorf("%q: no error", bad)
-		}
-	}
-	self, err := startTime(os.Getpid())
-	if err != nil || self == 0 {
-		t.Errorf("own start time %d, %v", self, err)
-	}
-}
-
 func FuzzDecode(f *testing.F) {
 	b, _ := json.Marshal(Record{UUID: uuid, VG: "vg", LV: "lv", PID: 1, Start: 2})
 	f.Add(b, uuid)
@@ -93,13 +77,5 @@ func FuzzDecode(f *testing.F) {
 		if r.UUID != name || checkUUID(r.UUID) != nil || r.PID <= 0 || r.VG == "" || r.LV == "" {
 			t.Errorf("accepted %+v under %q", r, name)
 		}
-	})
-}
-
-func FuzzParseStartTime(f *testing.F) {
-	f.Add([]byte("1 (init) S 0 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 42 1 2\n"))
-	f.Add([]byte("1 ()) S"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		ParseStartTime(b) // must not panic
 	})
 }
