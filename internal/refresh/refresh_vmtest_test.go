@@ -4,6 +4,7 @@ package refresh_test
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -323,7 +324,7 @@ func TestKilledBetweenSuspendAndResume(t *testing.T) {
 		}
 	})
 	state := t.TempDir()
-	helper := exec.Command(os.Args[0], "-test.run=^TestKillHelper$", "-test.v")
+	helper := exec.Command(os.Args[0])
 	helper.Env = append(os.Environ(), "LVWATCH_KILL_HELPER="+f.vg, "LVWATCH_KILL_STATE="+state,
 		"LVWATCH_KILL_DEVICES="+strings.Join(f.env.Paths(), ","))
 	out, err := helper.StdoutPipe()
@@ -362,19 +363,29 @@ func TestKilledBetweenSuspendAndResume(t *testing.T) {
 	}
 }
 
-// TestKillHelper is TestKilledBetweenSuspendAndResume's process to kill: it
-// refreshes the LV and, suspended, says so and waits instead of resuming.
-func TestKillHelper(t *testing.T) {
-	vg := os.Getenv("LVWATCH_KILL_HELPER")
-	if vg == "" {
-		t.Skip("the helper process of TestKilledBetweenSuspendAndResume")
+// TestMain runs the process TestKilledBetweenSuspendAndResume kills, when its
+// environment asks for it, instead of the tests.
+func TestMain(m *testing.M) {
+	if vg := os.Getenv("LVWATCH_KILL_HELPER"); vg != "" {
+		fmt.Fprintln(os.Stderr, killHelper(vg))
+		os.Exit(1)
 	}
-	r, err := refresh.New(stopAtResume{refresh.Kernel(dmtest.Control(t))}, refresh.Options{StateDir: os.Getenv("LVWATCH_KILL_STATE")})
+	os.Exit(m.Run())
+}
+
+// killHelper refreshes the LV and, suspended, says so and waits to be killed
+// instead of resuming. It returns only on failure.
+func killHelper(vg string) error {
+	ctl, err := dm.Open()
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	_, err = r.Refresh(t.Context(), vg, "disk", strings.Split(os.Getenv("LVWATCH_KILL_DEVICES"), ","))
-	t.Fatalf("refresh returned: %v", err)
+	r, err := refresh.New(stopAtResume{refresh.Kernel(ctl)}, refresh.Options{StateDir: os.Getenv("LVWATCH_KILL_STATE")})
+	if err != nil {
+		return err
+	}
+	_, err = r.Refresh(context.Background(), vg, "disk", strings.Split(os.Getenv("LVWATCH_KILL_DEVICES"), ","))
+	return fmt.Errorf("refresh returned: %v", err)
 }
 
 // stopAtResume waits to be killed where it would resume.
