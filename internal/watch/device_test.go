@@ -92,10 +92,7 @@ func TestDeviceEventsSurviveRestart(t *testing.T) {
 	requireBPF(t)
 	dev := newBlockDev(t, "", 64*mib)
 	opts := Options{PinDir: testPinDir(t)}
-	w, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := mustOpen(t, opts)
 	a, err := w.Arm(dev.Dev, mib)
 	if err != nil {
 		w.CloseAndUnpin()
@@ -111,10 +108,7 @@ func TestDeviceEventsSurviveRestart(t *testing.T) {
 
 	dev.write(t, alignedBuf(4096), 2*mib) // crosses while no process reads
 
-	w, err = Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w = mustOpen(t, opts)
 	t.Cleanup(func() { w.CloseAndUnpin() })
 	if ev := wantEvents(t, w, 1, "crossing during the restart")[0]; ev.Cookie != cookie {
 		t.Errorf("cookie %d, want %d", ev.Cookie, cookie)
@@ -151,10 +145,7 @@ func TestDeviceGateRebuiltFromArmings(t *testing.T) {
 	requireBPF(t)
 	dev := newBlockDev(t, "", 64*mib)
 	opts := Options{PinDir: testPinDir(t)}
-	w, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := mustOpen(t, opts)
 	cookie := mustArm(t, w, dev.Dev, 8*mib)
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
@@ -162,10 +153,7 @@ func TestDeviceGateRebuiltFromArmings(t *testing.T) {
 	if err := os.Remove(filepath.Join(opts.PinDir, "lvw_gate")); err != nil {
 		t.Fatal(err)
 	}
-	w, err = Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w = mustOpen(t, opts)
 	t.Cleanup(func() { w.CloseAndUnpin() })
 	dev.write(t, alignedBuf(4096), 8*mib)
 	if ev := wantEvents(t, w, 1, "crossing after the gate pin went missing")[0]; ev.Cookie != cookie {

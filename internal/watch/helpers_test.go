@@ -37,14 +37,21 @@ func testPinDir(t testing.TB) string {
 	return filepath.Join(bpfFSPath, fmt.Sprintf("lvwatch-test-%d-%s", os.Getpid(), name))
 }
 
+// mustOpen opens a watcher with opts, for tests that close and open it again.
+func mustOpen(t testing.TB, opts Options) *Watcher {
+	t.Helper()
+	w, err := Open(opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return w
+}
+
 // openWatcher opens a watcher on a fresh pin directory and removes it at cleanup.
 func openWatcher(t testing.TB) *Watcher {
 	t.Helper()
 	requireBPF(t)
-	w, err := Open(Options{PinDir: testPinDir(t)})
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
+	w := mustOpen(t, Options{PinDir: testPinDir(t)})
 	t.Cleanup(func() {
 		if err := w.CloseAndUnpin(); err != nil {
 			t.Errorf("CloseAndUnpin: %v", err)
