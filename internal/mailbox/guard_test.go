@@ -76,6 +76,38 @@ func TestAbandonedRequestsWithdrawn(t *testing.T) {
 	waitNoError(t, done, "no reply once an SPM came")
 }
 
+// A request sent again after its withdrawal goes into another slot: in the
+// same one, a vdsm SPM that missed the slot's empty spell would see the very
+// bytes it saw before and never act on them.
+func TestWithdrawnRequestResentElsewhere(t *testing.T) {
+	inbox, outbox := testVolumes(t)
+	const id = 15
+	h, err := OpenHost(HostConfig{Inbox: inbox, Outbox: outbox, HostID: id, Log: testLog(t), AbandonAfter: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeNow(h) })
+	ctx, giveUp := context.WithCancel(context.Background())
+	go func() { h.Extend(ctx, refDomain, volumeUUID(1), 100) }()
+	waitFor(t, patience, "the request placed", func() bool { return h.Stats().Requests == 1 })
+	giveUp()
+	waitFor(t, patience, "the request withdrawn", func() bool { return h.Stats().Withdrawn == 1 && !hostBusy(h) })
+
+	done := make(chan error, 1)
+	go func() { _, err := h.Extend(context.Background(), refDomain, volumeUUID(1), 100); done <- err }()
+	waitFor(t, patience, "the request sent again", func() bool { return h.Stats().Requests == 2 })
+	r := openRaw(t, inbox, outbox)
+	waitFor(t, patience, "the request on disk", func() bool {
+		mb := r.read(r.in, id)
+		return mb.Slot(1).Kind() == KindExtend
+	})
+	if mb := r.read(r.in, id); mb.Slot(0).Kind() != KindEmpty {
+		t.Errorf("the request went back into the slot it was withdrawn from: %x", mb.Slot(0))
+	}
+	fastSPM(t, inbox, outbox, &recorder{})
+	waitNoError(t, done, "no reply to the request sent again")
+}
+
 // lines is a log destination that counts messages.
 type lines struct {
 	mu sync.Mutex

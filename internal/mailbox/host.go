@@ -45,6 +45,11 @@ const (
 	// seconds, under load tens of seconds), so that a slow answer is not thrown away.
 	DefaultAbandonAfter = 2 * time.Minute
 	hostPollRatio       = 8
+	// withdrawnQuiet is how long a withdrawn request's slot stays empty before the
+	// same request may go into it again: longer than vdsm's full scan of the inbox
+	// (2 s), so that a vdsm SPM sees the slot empty and then the request as new,
+	// rather than the same bytes it saw before and ignores.
+	withdrawnQuiet = 10 * time.Second
 )
 
 // Errors of Host.Extend.
@@ -136,6 +141,9 @@ const (
 type hostSlot struct {
 	state slotState
 	req   *request // nil for a slot acked only to clear a stale reply
+	// What a free slot held when its request was withdrawn, and when.
+	withdrawn   Message
+	withdrawnAt time.Time
 }
 
 // OpenHost opens the volumes and starts the host loop, which first clears the host's
@@ -415,7 +423,7 @@ func (h *Host) withdrawAbandoned(now time.Time) {
 			Msg("withdrawing a request no SPM answered and no caller waits for")
 		delete(h.byMsg, s.req.msg)
 		h.mbox.SetSlot(i, Message{})
-		*s = hostSlot{}
+		*s = hostSlot{withdrawn: s.req.msg, withdrawnAt: now}
 		h.dirty = true
 		h.stats.withdrawn.Add(1)
 	}
@@ -455,13 +463,18 @@ func (h *Host) place() {
 }
 
 // freeSlot returns the first free slot whose reply mailbox does not answer msg
-// (any free slot for nil), or -1.
+// and that did not hold msg when it was withdrawn lately (any free slot for nil),
+// or -1.
 func (h *Host) freeSlot(msg *Message) int {
 	for i := range h.slots {
-		if h.slots[i].state != slotFree {
+		s := &h.slots[i]
+		if s.state != slotFree {
 			continue
 		}
-		if out := h.outbox.Slot(i); msg == nil || !replyTo(&out, msg) {
+		if msg == nil {
+			return i
+		}
+		if out := h.outbox.Slot(i); !replyTo(&out, msg) && (s.withdrawn != *msg || time.Since(s.withdrawnAt) > withdrawnQuiet) {
 			return i
 		}
 	}
