@@ -14,7 +14,8 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 
 // The block_bio_queue record up to the first bytes of rwbs. This prefix is the same
 // from 5.10 through 6.x (later kernels widened rwbs and moved comm after it), so the
-// program needs neither BTF nor CO-RE. The ctx may not be read below offset 8.
+// program needs neither BTF nor CO-RE; Open checks it against tracefs. The ctx may
+// not be read below offset 8. (The compare-and-swap below needs 5.12.)
 struct lvw_bio_rec {
 	__u64 common;
 	__u32 dev; // the kernel's dev_t: major << 20 | minor
@@ -29,7 +30,9 @@ struct lvw_bio_rec {
 struct lvw_arm {
 	__u64 threshold; // sectors: a write ending beyond this crosses
 	__u64 cookie;    // names this arming; unique for the life of the pins
-	__u64 diskseq;   // the device's diskseq when armed, to tell a reused dev_t apart; agent's only
+	// The agent's own, unread here:
+	__u64 diskseq; // the device's diskseq when armed, to tell a reused dev_t apart
+	__u64 ceiling; // sectors: the highest threshold armed since lvw_high[dev] was reset
 };
 
 struct lvw_event {
@@ -132,8 +135,9 @@ static __always_inline int lvw_is_write(char c0, char c1, __u32 nr_sector)
 }
 
 // lvw_raise_high makes lvw_high[dev] at least end. Writers on other CPUs may race:
-// compare-and-swap keeps the highest, and a few tries are enough because each
-// failed one means the value rose.
+// compare-and-swap keeps the highest. Each failed try means another CPU raised the
+// value, so as many tries as CPUs can race are enough; past 64 the value is still
+// the highest but one.
 static __always_inline void lvw_raise_high(__u32 dev, __u64 end)
 {
 	__u64 *high = bpf_map_lookup_elem(&lvw_high, &dev);
@@ -144,8 +148,7 @@ static __always_inline void lvw_raise_high(__u32 dev, __u64 end)
 		if (!high)
 			return;
 	}
-#pragma unroll
-	for (int i = 0; i < 4; i++) {
+	for (int i = 0; i < 64; i++) {
 		__u64 cur = *(volatile __u64 *)high;
 		if (end <= cur || __sync_val_compare_and_swap(high, cur, end) == cur)
 			return;

@@ -64,8 +64,10 @@ func runDemo(ctx context.Context, args []string) error {
 		return err
 	}
 	for threshold := step; threshold < total; threshold += step {
-		if _, err := w.Arm(d, threshold); err != nil {
+		if a, err := w.Arm(d, threshold); err != nil {
 			return err
+		} else if a.Past {
+			return fmt.Errorf("another writer went past %s on %s (up to %s) before dd", size.Format(threshold), dev.Path, size.Format(a.High))
 		}
 		writer := fill(ctx, dev.Path, threshold, step)
 		readCtx, cancel := context.WithTimeout(ctx, 10*time.Second)

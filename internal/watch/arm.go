@@ -13,7 +13,10 @@ type Armed struct {
 	Cookie uint64 // the cookie this arming's event will carry
 	// Past means writes had already ended beyond the threshold when Arm ran
 	// (while the device was being extended, say): no event will come for this
-	// arming, so the caller acts at once, as on an event.
+	// arming, so the caller acts at once, as on an event. The high-water mark
+	// records only writes above the gate's bound, so for a threshold below one
+	// armed before on the device (since Disarm, or a new device of the number),
+	// which writes may have passed unrecorded, Past is said to be safe.
 	Past bool
 	High uint64 // bytes: the highest write end the program has seen on the device
 }
@@ -53,19 +56,22 @@ func (w *Watcher) Arm(dev Dev, threshold uint64) (Armed, error) {
 	} else if err != nil {
 		return Armed{}, fmt.Errorf("arm %s: read lvw_watch: %w", dev, err)
 	}
-	if !hadOld || old.Diskseq != seq {
-		// A high-water mark left by an earlier device of this number is not dev's.
-		if err := deleteIfPresent(w.objs.LvwHigh, k); err != nil {
-			return Armed{}, fmt.Errorf("arm %s: reset lvw_high: %w", dev, err)
-		}
-	}
 	arm := bpfLvwArm{Threshold: threshold / sectorSize, Cookie: w.cookie + 1, Diskseq: seq}
+	arm.Ceiling = arm.Threshold
+	unrecorded := false // whether writes past the threshold may have gone unrecorded
+	if hadOld && old.Diskseq == seq {
+		unrecorded = threshold < gateBound(old.Ceiling*sectorSize)
+		arm.Ceiling = max(arm.Ceiling, old.Ceiling)
+	} else if err := deleteIfPresent(w.objs.LvwHigh, k); err != nil {
+		// A high-water mark left by an earlier device of this number is not dev's.
+		return Armed{}, fmt.Errorf("arm %s: reset lvw_high: %w", dev, err)
+	}
 	if err := w.install(k, hadOld, old, arm); err != nil {
 		return Armed{}, fmt.Errorf("arm %s: %w", dev, err)
 	}
 	w.cookie = arm.Cookie
-	w.current[k] = arm.Cookie
-	return w.checkPast(dev, arm)
+	w.current[k] = arming{cookie: arm.Cookie, diskseq: seq}
+	return w.checkPast(dev, arm, unrecorded), nil
 }
 
 // install swaps old for arm in the maps and the gate, undoing every step on error.
@@ -112,26 +118,24 @@ func (w *Watcher) install(k uint32, hadOld bool, old, arm bpfLvwArm) (err error)
 }
 
 // checkPast looks at the high-water mark once the new arming is live. If writes
-// already went past its threshold, either the program saw one of them after the
-// arming went live (its event is on the way) or none came since: then Arm takes
-// the cookie back itself, and whichever deletes it first decides, exactly once.
-func (w *Watcher) checkPast(dev Dev, arm bpfLvwArm) (Armed, error) {
+// already went past its threshold (or may have, unrecorded), either the program
+// saw one of them after the arming went live (its event is on the way) or none
+// came since: then Arm takes the cookie back itself, and whichever deletes it
+// first decides, exactly once.
+func (w *Watcher) checkPast(dev Dev, arm bpfLvwArm, unrecorded bool) Armed {
 	a := Armed{Cookie: arm.Cookie}
 	var high uint64
 	if err := w.objs.LvwHigh.Lookup(dev.kernel(), &high); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return a, fmt.Errorf("arm %s: read lvw_high: %w", dev, err)
+		w.log.Warn().Err(err).Stringer("dev", dev).Msg("cannot read the high-water mark; taking the arming as past")
+		unrecorded = true
 	}
 	a.High = high * sectorSize
-	if high <= arm.Threshold {
-		return a, nil
+	if high <= arm.Threshold && !unrecorded {
+		return a
 	}
-	switch err := w.objs.LvwArmed.Delete(arm.Cookie); {
-	case err == nil:
-		a.Past = true
-	case !errors.Is(err, ebpf.ErrKeyNotExist): // else the program fired: the event comes
-		return a, fmt.Errorf("arm %s: take back an arming already past: %w", dev, err)
-	}
-	return a, nil
+	// Deleting fails only when the program took the cookie first: its event comes.
+	a.Past = w.objs.LvwArmed.Delete(arm.Cookie) == nil
+	return a
 }
 
 func deleteIfPresent(m *ebpf.Map, key any) error {
@@ -159,6 +163,10 @@ func (w *Watcher) Disarm(dev Dev) (bool, error) {
 	if w.closed {
 		return false, ErrClosed
 	}
+	return w.disarmLocked(dev)
+}
+
+func (w *Watcher) disarmLocked(dev Dev) (bool, error) {
 	k := dev.kernel()
 	var arm bpfLvwArm
 	if err := w.objs.LvwWatch.LookupAndDelete(k, &arm); errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -212,6 +220,10 @@ func (w *Watcher) List() ([]Arming, error) {
 	if w.closed {
 		return nil, ErrClosed
 	}
+	return w.listLocked()
+}
+
+func (w *Watcher) listLocked() ([]Arming, error) {
 	var list []Arming
 	var k uint32
 	var arm bpfLvwArm
@@ -241,9 +253,14 @@ func (w *Watcher) List() ([]Arming, error) {
 // Prune disarms every arming whose device is gone or is another device now
 // (dm and loop reuse numbers; the diskseq tells them apart), so that no later
 // device inherits an arming that was not meant for it. It returns what it
-// disarmed.
+// disarmed. Open prunes too.
 func (w *Watcher) Prune() ([]Arming, error) {
-	list, err := w.List()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return nil, ErrClosed
+	}
+	list, err := w.listLocked()
 	if err != nil {
 		return nil, err
 	}
@@ -256,10 +273,11 @@ func (w *Watcher) Prune() ([]Arming, error) {
 		if present && seq == a.DiskSeq {
 			continue // the same device
 		}
-		if _, err := w.Disarm(a.Dev); err != nil {
+		if _, err := w.disarmLocked(a.Dev); err != nil {
 			return pruned, err
 		}
-		w.log.Info().Stringer("dev", a.Dev).Uint64("diskseq", a.DiskSeq).Uint64("now", seq).Msg("disarmed a device that is gone or was replaced")
+		w.log.Info().Stringer("dev", a.Dev).Uint64("diskseq", a.DiskSeq).Uint64("now", seq).Bool("present", present).
+			Msg("disarmed a device that is gone or was replaced")
 		pruned = append(pruned, a)
 	}
 	return pruned, nil

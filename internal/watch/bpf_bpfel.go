@@ -18,6 +18,7 @@ type bpfLvwArm struct {
 	Threshold uint64
 	Cookie    uint64
 	Diskseq   uint64
+	Ceiling   uint64
 }
 
 type bpfLvwCounters struct {

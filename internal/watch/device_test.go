@@ -269,11 +269,17 @@ func TestDevicePruneReusedNumber(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Until pruned, the program still fires for the number; Read drops the event.
+	writeAt(t, dev.Path, 16*mib)
+	wantEvents(t, w, 0, "write to the new disk of an armed number")
+	if c, err := w.Counters(); err != nil || c.Stale != 1 || c.Crossings != 1 {
+		t.Errorf("counters %+v, %v; want the crossing dropped as stale", c, err)
+	}
 	pruned, err := w.Prune()
 	if err != nil || len(pruned) != 1 || pruned[0].Dev != dev.Dev {
 		t.Fatalf("Prune after the number was reused = %+v, %v; want %s", pruned, err, dev.Dev)
 	}
-	writeAt(t, dev.Path, 16*mib)
+	writeAt(t, dev.Path, 32*mib)
 	wantEvents(t, w, 0, "write to the new disk of a pruned number")
 	if list, err := w.List(); err != nil || len(list) != 0 {
 		t.Errorf("List after Prune = %+v, %v", list, err)
@@ -299,5 +305,37 @@ func TestDeviceOpenChecksRecordLayout(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), `field "dev" at offset 12, want 8`) {
 		t.Errorf("Open: %v, want the field named", err)
+	}
+}
+
+// Open finishes what a process that died mid-Disarm left: cookies and
+// high-water marks of devices no longer watched, and armings of devices gone.
+func TestDeviceOpenCleansLeftovers(t *testing.T) {
+	requireBPF(t)
+	dev := newBlockDev(t, "", 64*mib)
+	opts := Options{PinDir: testPinDir(t)}
+	w := mustOpen(t, opts)
+	mustArm(t, w, dev.Dev, 8*mib)
+	mustArm(t, w, fakeDev, 8*mib) // no such device: pruned at the next Open
+	stray := Dev{Major: 4004, Minor: 1}
+	if err := w.objs.LvwArmed.Put(uint64(1), stray.kernel()); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.objs.LvwHigh.Put(stray.kernel(), uint64(99)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	w = mustOpen(t, opts)
+	t.Cleanup(func() { w.CloseAndUnpin() })
+	if n := countKeys[uint64, uint32](t, w.objs.LvwArmed); n != 1 {
+		t.Errorf("lvw_armed holds %d cookies, want the loop device's alone", n)
+	}
+	if n := countKeys[uint32, uint64](t, w.objs.LvwHigh); n != 0 {
+		t.Errorf("lvw_high holds %d entries, want none", n)
+	}
+	if list, err := w.List(); err != nil || len(list) != 1 || list[0].Dev != dev.Dev {
+		t.Errorf("List = %+v, %v; want the loop device alone", list, err)
 	}
 }

@@ -42,6 +42,9 @@ func (g *gate) index(k uint32) uint32 { return (k ^ k>>12) % g.slots }
 
 func (g *gate) slot(i uint32) *uint64 { return (*uint64)(unsafe.Pointer(&g.mem[i*8])) }
 
+// gateBound is the bound the gate holds for threshold, in bytes.
+func gateBound(threshold uint64) uint64 { return threshold / gateUnit * gateUnit }
+
 func gateWord(k uint32, threshold uint64) uint64 {
 	return uint64(k) | min(threshold/gateUnit, math.MaxUint32)<<32
 }

@@ -256,6 +256,33 @@ func TestLogicArmReportsPast(t *testing.T) {
 	}
 }
 
+// Below a threshold armed before, writes pass the gate unrecorded: an arming
+// there is taken as past rather than trusted to fire, since a write may already
+// have gone beyond it.
+func TestLogicLoweredThresholdIsPast(t *testing.T) {
+	w := openWatcher(t)
+	r := bioRunner{t, loadTestProgram(t, w)}
+
+	mustArm(t, w, fakeDev, 1000*512)
+	r.bio(fakeDev, 800, 100, "W") // ends at 900: below the gate's bound, not recorded
+	a, err := w.Arm(fakeDev, 500*512)
+	if err != nil || !a.Past {
+		t.Fatalf("Arm below the earlier threshold = %+v, %v; want Past", a, err)
+	}
+	r.bio(fakeDev, 800, 200, "W")
+	wantEvents(t, w, 0, "an arming taken as past")
+
+	// Back at or above the highest threshold armed, the mark is exact again.
+	if a, err := w.Arm(fakeDev, 1000*512); err != nil || a.Past {
+		t.Fatalf("Arm at the earlier threshold = %+v, %v; want armed", a, err)
+	}
+	// Disarm forgets: a lower threshold then is trusted.
+	if _, err := w.Disarm(fakeDev); err != nil {
+		t.Fatal(err)
+	}
+	mustArm(t, w, fakeDev, 100*512)
+}
+
 // An event whose arming was replaced before Read returned it is dropped: the
 // caller acts on the current arming only.
 func TestLogicDropsStaleEvents(t *testing.T) {

@@ -87,9 +87,12 @@ type Watcher struct {
 	mu      sync.Mutex
 	closed  bool
 	cookie  uint64            // the last cookie handed out
-	current map[uint32]uint64 // dev_t → its arming's cookie, as in lvw_watch
+	current map[uint32]arming // dev_t → its arming, as in lvw_watch
 	stale   uint64            // events Read dropped
 }
+
+// arming is what Read checks an event against.
+type arming struct{ cookie, diskseq uint64 }
 
 // Open loads the watcher, reusing pinned maps so that crossings that happened while
 // no process was reading are delivered, and attaches a fresh program before the old
@@ -99,7 +102,7 @@ func Open(opts Options) (_ *Watcher, err error) {
 	if opts.PinDir == "" {
 		opts.PinDir = DefaultPinDir
 	}
-	w := &Watcher{pinDir: opts.PinDir, log: opts.Logger, current: map[uint32]uint64{}}
+	w := &Watcher{pinDir: opts.PinDir, log: opts.Logger, current: map[uint32]arming{}}
 	defer func() {
 		if err != nil {
 			w.Close()
@@ -139,6 +142,9 @@ func Open(opts Options) (_ *Watcher, err error) {
 	}
 	if w.events, err = ringbuf.NewReader(w.objs.LvwEvents); err != nil {
 		return nil, fmt.Errorf("open event ring: %w", err)
+	}
+	if _, err := w.Prune(); err != nil {
+		return nil, err
 	}
 	// Events still in the ring may carry cookies no map holds any more; starting
 	// from the wall clock's nanoseconds keeps new cookies above those too.
@@ -193,8 +199,9 @@ func (w *Watcher) attach() error {
 }
 
 // loadArmings reads the pinned armings into current, rebuilds the gate from
-// them and returns the highest cookie in the maps, so that new cookies never
-// repeat one that is still armed.
+// them, drops what a process that died mid-Disarm left in lvw_armed and
+// lvw_high, and returns the highest cookie in the maps, so that new cookies
+// never repeat one that is still armed.
 func (w *Watcher) loadArmings() (uint64, error) {
 	var last uint64
 	var dev uint32
@@ -203,21 +210,46 @@ func (w *Watcher) loadArmings() (uint64, error) {
 	it := w.objs.LvwWatch.Iterate()
 	for it.Next(&dev, &arm) {
 		last = max(last, arm.Cookie)
-		w.current[dev] = arm.Cookie
+		w.current[dev] = arming{cookie: arm.Cookie, diskseq: arm.Diskseq}
 		thresholds[dev] = arm.Threshold * sectorSize
 	}
 	if err := it.Err(); err != nil {
 		return 0, fmt.Errorf("read lvw_watch: %w", err)
 	}
-	var cookie uint64
+	w.gate.rebuild(thresholds)
+
+	var cookie, high uint64
+	var orphans []uint64
 	it = w.objs.LvwArmed.Iterate()
 	for it.Next(&cookie, &dev) {
 		last = max(last, cookie)
+		if w.current[dev].cookie != cookie {
+			orphans = append(orphans, cookie)
+		}
 	}
 	if err := it.Err(); err != nil {
 		return 0, fmt.Errorf("read lvw_armed: %w", err)
 	}
-	w.gate.rebuild(thresholds)
+	for _, c := range orphans {
+		if err := deleteIfPresent(w.objs.LvwArmed, c); err != nil {
+			return 0, fmt.Errorf("drop an orphaned cookie from lvw_armed: %w", err)
+		}
+	}
+	var unwatched []uint32
+	it = w.objs.LvwHigh.Iterate()
+	for it.Next(&dev, &high) {
+		if _, ok := w.current[dev]; !ok {
+			unwatched = append(unwatched, dev)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("read lvw_high: %w", err)
+	}
+	for _, d := range unwatched {
+		if err := deleteIfPresent(w.objs.LvwHigh, d); err != nil {
+			return 0, fmt.Errorf("drop an orphaned entry from lvw_high: %w", err)
+		}
+	}
 	return last, nil
 }
 
@@ -254,19 +286,35 @@ func (w *Watcher) Read(ctx context.Context) (Event, error) {
 	}
 }
 
-// isCurrent reports whether ev's arming is still dev's, counting it stale if not.
+// isCurrent reports whether ev's arming is still dev's, and dev the device it
+// was armed on (a dm or loop number may have gone to another disk since),
+// counting it stale if not.
 func (w *Watcher) isCurrent(ev Event) (bool, error) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closed {
+	a, ok := w.current[ev.Dev.kernel()]
+	closed := w.closed
+	w.mu.Unlock()
+	if closed {
 		return false, ErrClosed
 	}
-	if w.current[ev.Dev.kernel()] == ev.Cookie {
-		return true, nil
+	current := ok && a.cookie == ev.Cookie
+	if current && a.diskseq != 0 {
+		present, seq, err := ev.Dev.present()
+		if err != nil {
+			return false, err
+		}
+		if current = present && seq == a.diskseq; !current {
+			w.log.Info().Stringer("dev", ev.Dev).Uint64("diskseq", a.diskseq).Uint64("now", seq).
+				Msg("dropped the event of a device number that went to another disk")
+		}
 	}
-	w.stale++
-	w.log.Debug().Stringer("dev", ev.Dev).Uint64("cookie", ev.Cookie).Msg("dropped the event of an arming since replaced")
-	return false, nil
+	if !current {
+		w.mu.Lock()
+		w.stale++
+		w.mu.Unlock()
+		w.log.Debug().Stringer("dev", ev.Dev).Uint64("cookie", ev.Cookie).Msg("dropped the event of an arming since replaced")
+	}
+	return current, nil
 }
 
 // Counters sums the per-CPU counters.
