@@ -146,7 +146,7 @@ func New(m Mapper, opts Options) (*Refresher, error) {
 func (r *Refresher) finish(rec intent.Record) error {
 	ctx, cancel := context.WithTimeout(context.Background(), r.opts.ReadTimeout)
 	defer cancel()
-	lock, err := vglock.Shared(ctx, r.lvm.LockingDir, rec.VG)
+	lock, err := vglock.Exclusive(ctx, r.lvm.LockingDir, rec.VG)
 	if err != nil {
 		return err
 	}
@@ -172,8 +172,11 @@ func (r *Refresher) finish(rec intent.Record) error {
 // refresh), or nil for those the last refresh of the VG used; when they do
 // not hold the whole VG, Refresh scans if Options.Scan allows, else fails.
 //
-// It holds lvm's own lock of the VG, shared, from the read to the resume,
-// so that an lvm command on this host cannot change the VG meanwhile. The
+// It holds lvm's own lock of the VG exclusive from the read to the resume
+// (a few milliseconds), so that no lvm command on this host changes the VG
+// or swaps a table of its LVs meanwhile: lvchange --refresh, for one, takes
+// the lock only shared. It also makes one lvwatch process at a time swap in
+// a VG, so their records of swaps under way never overwrite each other. The
 // VG's metadata is read once and then revalidated by its metadata area's
 // header; warnings about it (stale or corrupt copies, PVs missing or
 // duplicate) are logged when it is read.
@@ -196,7 +199,7 @@ func (r *Refresher) Refresh(ctx context.Context, vgName, lvName string, devices 
 	res := Result{VG: vgName, LV: lvName}
 	readCtx, cancel := context.WithTimeout(ctx, r.opts.ReadTimeout)
 	defer cancel()
-	lock, err := vglock.Shared(readCtx, r.lvm.LockingDir, vgName)
+	lock, err := vglock.Exclusive(readCtx, r.lvm.LockingDir, vgName)
 	if err != nil {
 		return res, err
 	}

@@ -1,6 +1,6 @@
 // Package vglock takes lvm2's own per-VG lock, so that a local lvm command
-// that changes a VG (lvextend, lvchange) and a reader of its metadata do not
-// interleave.
+// that changes a VG (lvextend, lvchange) or its LVs' tables (lvchange
+// --refresh, which takes it shared) and lvwatch do not interleave.
 //
 // lvm2 (lib/locking/file_locking.c, lib/misc/lvm-flock.c) locks VG vg with
 // flock(2) on the file locking_dir/V_vg, which it opens with O_CREAT: shared
@@ -37,6 +37,17 @@ const (
 // directory dir (lvm.conf global/locking_dir), waiting until ctx ends while
 // an lvm command holds it exclusive. It creates dir if missing, as lvm does.
 func Shared(ctx context.Context, dir, vg string) (*Lock, error) {
+	return take(ctx, dir, vg, unix.LOCK_SH)
+}
+
+// Exclusive takes VG vg's lock exclusive, as lvm does to change the VG: no lvm
+// command of this host reads or changes the VG, nor loads or resumes a table
+// of its LVs, until Unlock.
+func Exclusive(ctx context.Context, dir, vg string) (*Lock, error) {
+	return take(ctx, dir, vg, unix.LOCK_EX)
+}
+
+func take(ctx context.Context, dir, vg string, how int) (*Lock, error) {
 	if vg == "" || vg[0] == '#' || filepath.Base(vg) != vg {
 		return nil, fmt.Errorf("lock VG %q: not a VG name", vg)
 	}
@@ -46,7 +57,7 @@ func Shared(ctx context.Context, dir, vg string) (*Lock, error) {
 	path := filepath.Join(dir, "V_"+vg)
 	wait := firstWait
 	for {
-		l, err := try(path)
+		l, err := try(path, how)
 		if l != nil || err != nil {
 			return l, err
 		}
@@ -54,21 +65,21 @@ func Shared(ctx context.Context, dir, vg string) (*Lock, error) {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("lock VG %s (%s): held by another process: %w", vg, path, ctx.Err())
+			return nil, fmt.Errorf("lock VG %s (%s): held by another process: %w", vg, path, context.Cause(ctx))
 		case <-t.C:
 		}
 		wait = min(2*wait, maxWait)
 	}
 }
 
-// try takes the lock without waiting: nil, nil when someone holds it exclusive.
-func try(path string) (*Lock, error) {
+// try takes the lock without waiting: nil, nil when another holder excludes it.
+func try(path string, how int) (*Lock, error) {
 	for {
 		f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_RDWR|unix.O_CLOEXEC, 0o600)
 		if err != nil {
 			return nil, fmt.Errorf("lock %s: %w", path, err)
 		}
-		err = unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB)
+		err = unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
 		if errors.Is(err, unix.EWOULDBLOCK) {
 			f.Close()
 			return nil, nil
@@ -85,5 +96,6 @@ func try(path string) (*Lock, error) {
 	}
 }
 
-// Unlock releases the lock. A shared lock leaves the file, as lvm's does.
+// Unlock releases the lock. It leaves the file, as lvm's shared locks do (lvm
+// opens it with O_CREAT either way).
 func (l *Lock) Unlock() error { return l.f.Close() }

@@ -16,28 +16,38 @@ import (
 	"github.com/lvwatch/lvwatch/internal/lvm/vglock"
 )
 
-// TestSharedKeepsLVMOut: while the lock is held, a real lvextend on the VG
-// cannot take its own (told not to wait, it fails at once); once released,
-// it goes through.
-func TestSharedKeepsLVMOut(t *testing.T) {
+// TestKeepsLVMOut: while the shared lock is held, a real lvextend on the VG
+// cannot take its own (told not to wait, it fails at once); while the
+// exclusive one is, neither can a reader (lvs), which takes lvm's lock shared
+// as lvchange --refresh does. Once released, they go through.
+func TestKeepsLVMOut(t *testing.T) {
 	env := lvmtest.New(t, 1, 64<<20)
 	vg := fmt.Sprintf("lvwatch_vglock_%d", os.Getpid())
 	env.CreateVG(vg, env.Paths(), nil, []string{"-s", "1m"})
 	env.MustRun("lvcreate", "-q", "-n", "lv", "-l", "1", "-Zn", "-Wn", vg)
 
-	l, err := vglock.Shared(t.Context(), filepath.Join(env.Dir, "lock"), vg)
-	if err != nil {
-		t.Fatal(err)
+	noWait := []string{"--config", "global/wait_for_locks=0"}
+	for _, tc := range []struct {
+		name string
+		take func(context.Context, string, string) (*vglock.Lock, error)
+		cmd  []string
+	}{
+		{"shared", vglock.Shared, append([]string{"lvextend", "-q", "-l", "+1"}, append(noWait, vg+"/lv")...)},
+		{"exclusive", vglock.Exclusive, append([]string{"lvs"}, append(noWait, vg)...)},
+	} {
+		l, err := tc.take(t.Context(), filepath.Join(env.Dir, "lock"), vg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = env.Run(tc.cmd...)
+		if err == nil || !strings.Contains(err.Error(), "lock") {
+			t.Errorf("%s while the %s lock is held: %v, want a lock failure", tc.cmd[0], tc.name, err)
+		}
+		if err := l.Unlock(); err != nil {
+			t.Fatal(err)
+		}
+		env.MustRun(tc.cmd...)
 	}
-	extend := []string{"lvextend", "-q", "--config", "global/wait_for_locks=0", "-l", "+1", vg + "/lv"}
-	_, err = env.Run(extend...)
-	if err == nil || !strings.Contains(err.Error(), "lock") {
-		t.Errorf("lvextend while the shared lock is held: %v, want a lock failure", err)
-	}
-	if err := l.Unlock(); err != nil {
-		t.Fatal(err)
-	}
-	env.MustRun(extend...)
 }
 
 // TestSharedWaitsForWriter: while lvm holds the VG exclusive (here: the
