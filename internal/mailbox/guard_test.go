@@ -264,8 +264,18 @@ func TestProcessesSPMReassertsOutbox(t *testing.T) {
 		host.write(host.out, refHost, Mailbox{})
 		waitFor(t, patience, step.what+" written again", func() bool { return host.read(host.out, refHost) == step.want })
 	}
-	if r := spm.report(t); r.Stats.Reasserted < 2 || r.Stats.OutboxReads == 0 {
-		t.Errorf("SPM stats %+v: want the two mailboxes reasserted", r.Stats)
+	// A mailbox this SPM has nothing in is another SPM's to write (one that took
+	// over): left alone, while an overwritten one of its own is written again.
+	const otherHost = refHost + 2
+	foreign := reply
+	host.write(host.out, otherHost, foreign)
+	host.write(host.out, refHost, Mailbox{})
+	waitFor(t, patience, "the echo written again", func() bool { return host.read(host.out, refHost) == echo })
+	if got := host.read(host.out, otherHost); got != foreign {
+		t.Errorf("the SPM overwrote a mailbox it has nothing in: %x...", got[:64])
+	}
+	if r := spm.report(t); r.Stats.Reasserted < 3 || r.Stats.OutboxReads == 0 {
+		t.Errorf("SPM stats %+v: want the mailbox reasserted three times", r.Stats)
 	}
 	if lines := handledLines(t, handled); len(lines) != 1 {
 		t.Errorf("handled %v, want the request once", lines)

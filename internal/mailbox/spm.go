@@ -670,7 +670,10 @@ func (s *SPM) reassert(now time.Time) {
 	}
 	for id := MinHostID; id <= MaxHostID; id++ {
 		off := blockOffset(id)
-		if s.dirty.has(id) || bytes.Equal(s.scanBuf[off:off+BlockSize], s.outbox[off:off+BlockSize]) {
+		ours := s.outbox[off : off+BlockSize]
+		// A mailbox this SPM has nothing in is left to whoever wrote it: a new SPM
+		// that took over, while this one has yet to learn it lost the role.
+		if s.dirty.has(id) || bytes.Equal(s.scanBuf[off:off+BlockSize], ours) || !slices.ContainsFunc(ours, func(b byte) bool { return b != 0 }) {
 			continue
 		}
 		s.dirty.add(id)
