@@ -1,0 +1,394 @@
+package spm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/lvwatch/lvwatch/internal/lvm"
+	"github.com/lvwatch/lvwatch/internal/mailbox"
+	"github.com/lvwatch/lvwatch/internal/size"
+)
+
+// readTimeout bounds one read of the VG's metadata (a dead path must not stall the SPM).
+const readTimeout = 10 * time.Second
+
+// job is one request handed over by the mailbox and not answered yet.
+type job struct {
+	ctx          context.Context
+	req          mailbox.Request
+	reply        *mailbox.Reply
+	found        time.Time
+	waitingSince time.Time // when it first found no room; zero until then
+	needBytes    uint64    // what it needs then
+}
+
+// domain serves one VG: a single worker goroutine takes the requests in the order
+// they came, so that what arrives together runs back to back through one lvm shell
+// (no process start, and LVM's VG lock is never contended by the SPM itself).
+type domain struct {
+	cfg    DomainConfig
+	limits limits
+	log    zerolog.Logger
+	shell  *shell
+	cache  *lvm.Cache
+	kick   chan struct{}
+	stop   chan struct{}
+	done   chan struct{}
+
+	// Owned by the worker.
+	devices []string
+	pending []*job // waiting for space, oldest first
+	readErr bool   // the last VG read failed (logged once until one succeeds)
+
+	mu       sync.Mutex
+	incoming []*job
+	snap     DomainStatus
+}
+
+// DomainStatus is one domain's part of Status.
+type DomainStatus struct {
+	VG             string           `json:"vg"`
+	Devices        []string         `json:"devices"`
+	Seqno          uint64           `json:"seqno"`
+	ExtentBytes    uint64           `json:"extent_bytes"`
+	FreeBytes      uint64           `json:"free_bytes"`
+	ReserveBytes   uint64           `json:"reserve_bytes"`
+	WaitingOnSpace []WaitingRequest `json:"waiting_for_space"`
+	Counters
+}
+
+// WaitingRequest is a request kept until the VG has room for it.
+type WaitingRequest struct {
+	Host      int       `json:"host"`
+	Slot      int       `json:"slot"`
+	Volume    string    `json:"volume"`
+	SizeMiB   uint64    `json:"size_mib"`
+	NeedBytes uint64    `json:"need_bytes"`
+	Since     time.Time `json:"since"`
+}
+
+// Counters count a domain's requests since the SPM started.
+type Counters struct {
+	Requests       uint64 `json:"requests"`
+	Extended       uint64 `json:"extended"`         // granted after an lvextend
+	AlreadyLarge   uint64 `json:"already_large"`    // granted at once: the LV had the size
+	Refused        uint64 `json:"refused"`          // failed validation
+	Failed         uint64 `json:"failed"`           // LVM failed
+	WaitedForSpace uint64 `json:"waited_for_space"` // found no room at first
+	Withdrawn      uint64 `json:"withdrawn"`
+	LVMCommands    uint64 `json:"lvm_commands"`
+}
+
+func newDomain(cfg DomainConfig, lvmPath string, log zerolog.Logger) *domain {
+	log = log.With().Str("vg", cfg.VG).Logger()
+	d := &domain{
+		cfg:     cfg,
+		limits:  limits{maxLVBytes: cfg.MaxLVSize},
+		log:     log,
+		shell:   newShell(lvmPath, log),
+		cache:   lvm.NewCache(),
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+		devices: cfg.Devices,
+	}
+	d.snap.VG = cfg.VG
+	d.snap.ReserveBytes = cfg.Reserve
+	return d
+}
+
+// enqueue takes a request from the mailbox; it returns at once.
+func (d *domain) enqueue(ctx context.Context, req mailbox.Request, reply *mailbox.Reply) {
+	d.mu.Lock()
+	d.incoming = append(d.incoming, &job{ctx: ctx, req: req, reply: reply, found: time.Now()})
+	d.snap.Requests++
+	d.mu.Unlock()
+	// A withdrawn request waiting for space is answered (dropped) at once.
+	context.AfterFunc(ctx, d.wake)
+	d.wake()
+}
+
+func (d *domain) wake() {
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (d *domain) close() {
+	close(d.stop)
+	<-d.done
+	d.shell.Close()
+}
+
+func (d *domain) count(f func(*Counters)) {
+	d.mu.Lock()
+	f(&d.snap.Counters)
+	d.mu.Unlock()
+}
+
+func (d *domain) status() DomainStatus {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.snap
+	st.Devices = slices.Clone(st.Devices)
+	st.WaitingOnSpace = slices.Clone(st.WaitingOnSpace)
+	return st
+}
+
+func (d *domain) run() {
+	defer close(d.done)
+	defer d.abandon()
+	var poll <-chan time.Time
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-d.kick:
+		case <-poll:
+		}
+		d.serve()
+		poll = nil
+		if len(d.pending) > 0 || d.readErr {
+			poll = time.After(d.cfg.SpacePoll)
+		}
+	}
+}
+
+// abandon answers what is left when the SPM stops: the mailbox has withdrawn it
+// already (the answer is dropped), and the request stays in the inbox.
+func (d *domain) abandon() {
+	d.mu.Lock()
+	left := append(d.pending, d.incoming...)
+	d.incoming = nil
+	d.mu.Unlock()
+	for _, j := range left {
+		j.reply.Fail(errors.New("SPM stopping"))
+	}
+}
+
+// serve runs one round: the requests waiting for space, oldest first, then the new
+// ones. The waiting ones are looked at again only when the VG's metadata changed
+// (one header read tells); one that does not fit never holds back the others.
+func (d *domain) serve() {
+	d.mu.Lock()
+	incoming := d.incoming
+	d.incoming = nil
+	d.mu.Unlock()
+
+	d.pending = d.dropWithdrawn(d.pending)
+	incoming = d.dropWithdrawn(incoming)
+	vg, changed, err := d.readVG()
+	if err != nil {
+		if !d.readErr {
+			d.log.Error().Err(err).Msg("cannot read the VG's metadata; requests wait until it reads again")
+		}
+		d.readErr = true
+		d.pending = append(d.pending, incoming...)
+		d.publish(nil, space{})
+		return
+	}
+	if d.readErr {
+		d.log.Info().Msg("VG metadata readable again")
+		d.readErr = false
+	}
+	if len(incoming) == 0 && !changed {
+		d.publish(vg, vgSpace(vg, d.cfg.Reserve))
+		return
+	}
+	jobs := append(d.pending, incoming...)
+	d.pending = nil
+	sp := vgSpace(vg, d.cfg.Reserve)
+	extents := map[string]uint64{} // LV sizes this round changed, ahead of vg
+	for _, j := range jobs {
+		d.serveOne(j, vg, &sp, extents)
+	}
+	d.publish(vg, sp)
+}
+
+func (d *domain) dropWithdrawn(jobs []*job) []*job {
+	return slices.DeleteFunc(jobs, func(j *job) bool {
+		if j.ctx.Err() == nil {
+			return false
+		}
+		j.reply.Fail(context.Cause(j.ctx))
+		d.count(func(c *Counters) { c.Withdrawn++ })
+		return true
+	})
+}
+
+// serveOne answers j, extends its LV, or keeps it in d.pending.
+func (d *domain) serveOne(j *job, vg *lvm.VG, sp *space, extents map[string]uint64) {
+	volume := j.req.Volume.String()
+	log := d.log.With().Int("host", j.req.HostID).Int("slot", j.req.Slot).Str("volume", volume).Uint64("size_mib", j.req.SizeMiB).Logger()
+	lv, want, err := d.limits.target(vg, *sp, volume, j.req.SizeMiB)
+	if err != nil {
+		d.count(func(c *Counters) { c.Refused++ })
+		j.reply.Fail(fmt.Errorf("volume %s to %d MiB: %w", volume, j.req.SizeMiB, err)) // the mailbox logs it
+		return
+	}
+	have, ok := extents[volume]
+	if !ok {
+		have = lv.Extents()
+	}
+	if want <= have {
+		d.count(func(c *Counters) { c.AlreadyLarge++ })
+		d.grant(j, have, sp, log)
+		return
+	}
+	need := want - have
+	switch {
+	case need <= sp.available():
+	case need <= sp.free && j.waitingSince.IsZero():
+		// It fits only by taking the reserve: refused. One that does not fit at all
+		// waits for a PV, and once waiting it waits until it fits beside the reserve.
+		d.count(func(c *Counters) { c.Refused++ })
+		j.reply.Fail(fmt.Errorf("volume %s to %d MiB: %w", volume, j.req.SizeMiB, refuse("%s more would eat into the VG's reserve of %s (%s free)",
+			size.Format(need*sp.extentBytes), size.Format(d.cfg.Reserve), size.Format(sp.free*sp.extentBytes))))
+		return
+	default:
+		d.wait(j, need, *sp, log)
+		return
+	}
+	// Not under j.ctx: a host giving up must never stop LVM mid-command.
+	err = d.extend(volume, want)
+	if err != nil {
+		// The outcome is what the metadata says (the shell may have died after the commit).
+		fresh, _, rerr := d.readVG()
+		if rerr == nil {
+			if flv, lerr := fresh.LV(volume); lerr == nil && flv.Extents() >= want {
+				err = nil
+			} else if fsp := vgSpace(fresh, d.cfg.Reserve); need > fsp.available() {
+				*sp = fsp
+				d.wait(j, need, fsp, log.With().AnErr("lvextend", err).Logger())
+				return
+			}
+		}
+	}
+	if err != nil {
+		d.count(func(c *Counters) { c.Failed++ })
+		j.reply.Fail(fmt.Errorf("volume %s to %d MiB: %w", volume, j.req.SizeMiB, err))
+		return
+	}
+	extents[volume] = want
+	sp.free -= min(need, sp.free)
+	d.count(func(c *Counters) { c.Extended++ })
+	d.grant(j, want, sp, log)
+}
+
+// wait keeps j until the VG has room for it; the first time is logged and counted.
+func (d *domain) wait(j *job, need uint64, sp space, log zerolog.Logger) {
+	if j.waitingSince.IsZero() {
+		j.waitingSince, j.needBytes = time.Now(), need*sp.extentBytes
+		d.count(func(c *Counters) { c.WaitedForSpace++ })
+		log.Info().Str("need", size.Format(need*sp.extentBytes)).Str("free", size.Format(sp.free*sp.extentBytes)).
+			Str("reserve", size.Format(sp.reserve*sp.extentBytes)).Msg("no room in the VG: request waits for space (add a PV)")
+	}
+	d.pending = append(d.pending, j)
+}
+
+// grant answers success with the LV's size in whole MiB (≥ the size asked: the
+// LV has at least the extents that size needs).
+func (d *domain) grant(j *job, extents uint64, sp *space, log zerolog.Logger) {
+	sizeMiB := min(extents*sp.extentBytes>>20, mailbox.MaxSizeMiB)
+	err := j.reply.Grant(sizeMiB)
+	ev := log.Debug()
+	if !j.waitingSince.IsZero() {
+		ev = log.Info().Dur("waited", time.Since(j.waitingSince))
+	}
+	ev.Err(err).Uint64("granted_mib", sizeMiB).Dur("took", time.Since(j.found)).Msg("extend granted")
+}
+
+// extend runs lvextend to exactly want extents, seeing only the domain's PVs.
+func (d *domain) extend(volume string, want uint64) error {
+	d.count(func(c *Counters) { c.LVMCommands++ })
+	return d.shell.run("lvextend", "--devices", strings.Join(d.devices, ","), "--config", lvmSettings,
+		"-l", strconv.FormatUint(want, 10), d.cfg.VG+"/"+volume)
+}
+
+// readVG reads the VG's metadata through the cache (one header read when nothing
+// changed) and reports whether it changed since the last read. PVs the metadata
+// names but the devices do not hold (an operator's vgextend) are looked for: at the
+// device the metadata records for them, or by a scan when no devices are configured.
+func (d *domain) readVG() (*lvm.VG, bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
+	defer cancel()
+	if d.devices == nil {
+		return d.scan(ctx)
+	}
+	vg, cached, err := d.cache.ReadVG(ctx, d.cfg.VG, d.devices)
+	if err != nil {
+		return nil, false, err
+	}
+	if cached || !missingPVs(vg) {
+		return vg, !cached, nil
+	}
+	if d.cfg.Devices == nil {
+		return d.scan(ctx)
+	}
+	devices := slices.Clone(d.devices)
+	for _, pv := range vg.PVs {
+		if pv.Device == "" && pv.DeviceHint != "" && !slices.Contains(devices, pv.DeviceHint) {
+			devices = append(devices, pv.DeviceHint)
+		}
+	}
+	if len(devices) > len(d.devices) {
+		if full, err := lvm.ReadVG(ctx, d.cfg.VG, devices); err == nil && len(full.DevicePaths()) > len(vg.DevicePaths()) {
+			d.adopt(full)
+			return full, true, nil
+		}
+	}
+	return vg, true, nil // lvm will say what is missing
+}
+
+// scan finds the VG's PVs among the block devices lvm would scan.
+func (d *domain) scan(ctx context.Context) (*lvm.VG, bool, error) {
+	hc, err := lvm.LoadHostConfig()
+	if err != nil {
+		return nil, false, err
+	}
+	vg, err := lvm.ScanVG(ctx, d.cfg.VG, hc)
+	if err != nil {
+		return nil, false, err
+	}
+	d.adopt(vg)
+	return vg, true, nil
+}
+
+// adopt makes the devices vg was found on the domain's devices.
+func (d *domain) adopt(vg *lvm.VG) {
+	devices := vg.DevicePaths()
+	if !slices.Equal(devices, d.devices) {
+		d.log.Info().Strs("devices", devices).Strs("before", d.devices).Msg("the domain's PVs changed")
+	}
+	d.devices = devices
+	d.cache.Put(vg, devices)
+}
+
+func missingPVs(vg *lvm.VG) bool {
+	return slices.ContainsFunc(vg.PVs, func(pv lvm.PV) bool { return pv.Device == "" })
+}
+
+// publish updates the status snapshot.
+func (d *domain) publish(vg *lvm.VG, sp space) {
+	var waiting []WaitingRequest
+	for _, j := range d.pending {
+		waiting = append(waiting, WaitingRequest{Host: j.req.HostID, Slot: j.req.Slot, Volume: j.req.Volume.String(),
+			SizeMiB: j.req.SizeMiB, NeedBytes: j.needBytes, Since: j.waitingSince})
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.snap.WaitingOnSpace = waiting
+	d.snap.Devices = slices.Clone(d.devices)
+	if vg != nil {
+		d.snap.Seqno, d.snap.ExtentBytes, d.snap.FreeBytes = vg.Seqno, sp.extentBytes, sp.free*sp.extentBytes
+	}
+}
