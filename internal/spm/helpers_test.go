@@ -130,7 +130,7 @@ func runSPMRole() int {
 // testDomain is a storage domain on loop devices: a VG named by a fresh UUID on the
 // first devices, spare PVs for vgextend, and mailbox volumes in files.
 type testDomain struct {
-	t             *testing.T
+	t             testing.TB
 	env           *lvmtest.Env
 	vg            string
 	pvs, spare    []string
@@ -147,11 +147,11 @@ func newUUID(t testing.TB) string {
 
 // newTestDomain makes a VG with 1 MiB extents on inVG devices of pvSize bytes and
 // leaves spare more devices as PVs outside it.
-func newTestDomain(t *testing.T, inVG, spare int, pvSize int64) *testDomain {
+func newTestDomain(t testing.TB, inVG, spare int, pvSize int64) *testDomain {
 	return newNamedTestDomain(t, newUUID(t), inVG, spare, pvSize)
 }
 
-func newNamedTestDomain(t *testing.T, vg string, inVG, spare int, pvSize int64) *testDomain {
+func newNamedTestDomain(t testing.TB, vg string, inVG, spare int, pvSize int64) *testDomain {
 	env := lvmtest.New(t, inVG+spare, pvSize)
 	// lvm's shell reports each command through the command profile lvm2 ships.
 	if err := os.MkdirAll(filepath.Join(env.Dir, "profile"), 0o755); err != nil {

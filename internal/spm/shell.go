@@ -16,11 +16,12 @@ import (
 )
 
 // lvmSettings is the configuration every SPM command gets on its command line,
-// over the host's lvm.conf: no aio (each command would wait ~34 ms in
-// io_destroy), no activation (the host that runs the VM reloads its own table),
-// no udev or hints (the devices are named by --devices).
+// over the host's lvm.conf: no aio (each command can wait ~34 ms in io_destroy),
+// no activation (the host that runs the VM reloads its own table), no udev, hints
+// or component probes (--devices names the PVs, nothing else is read).
 const lvmSettings = `global/use_aio=0 global/activation=0 devices/hints="none" ` +
-	`devices/obtain_device_list_from_udev=0 devices/external_device_info_source="none"`
+	`devices/obtain_device_list_from_udev=0 devices/external_device_info_source="none" ` +
+	`devices/md_component_detection=0 devices/fw_raid_component_detection=0 devices/multipath_component_detection=0`
 
 // lvmProfile is the command profile lvm2 ships for lvmdbusd: JSON reports and,
 // on the report fd, one command log per command with the shell's status row.
