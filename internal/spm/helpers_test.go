@@ -22,6 +22,7 @@ import (
 	"github.com/lvwatch/lvwatch/internal/lvm"
 	"github.com/lvwatch/lvwatch/internal/lvm/lvmtest"
 	"github.com/lvwatch/lvwatch/internal/mailbox"
+	"github.com/lvwatch/lvwatch/internal/spm/spmtest"
 )
 
 // The test binary re-executes itself as a host or an SPM process, so that the tests
@@ -153,18 +154,7 @@ func newTestDomain(t testing.TB, inVG, spare int, pvSize int64) *testDomain {
 
 func newNamedTestDomain(t testing.TB, vg string, inVG, spare int, pvSize int64) *testDomain {
 	env := lvmtest.New(t, inVG+spare, pvSize)
-	// lvm's shell reports each command through the command profile lvm2 ships.
-	if err := os.MkdirAll(filepath.Join(env.Dir, "profile"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	prof, err := os.ReadFile(filepath.Join("/etc/lvm/profile", lvmProfile+".profile"))
-	if err != nil {
-		t.Fatalf("lvm2's %s profile: %v", lvmProfile, err)
-	}
-	if err := os.WriteFile(filepath.Join(env.Dir, "profile", lvmProfile+".profile"), prof, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("LVM_SYSTEM_DIR", env.Dir)
+	spmtest.Use(t, env)
 	d := &testDomain{t: t, env: env, vg: vg, pvs: env.Paths()[:inVG], spare: env.Paths()[inVG:]}
 	env.CreateVG(d.vg, d.pvs, nil, []string{"-s", "1m"})
 	if spare > 0 {

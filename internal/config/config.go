@@ -1,0 +1,150 @@
+// Package config reads the agent's configuration file, TOML. Today it has the SPM's
+// part; the agent's sections join it later. Unknown keys are errors, so that a typo
+// is not a silent default.
+//
+//	[spm]
+//	lvm = "/sbin/lvm"          # the lvm binary (default: lvm from PATH)
+//	max_lv_size = "4TiB"       # per-domain default; a request above it is refused
+//	reserve = "0"              # of each VG: never handed out
+//	space_poll = "50ms"        # metadata header reads while requests wait for space
+//	event_poll_min = "1ms"     # the mailbox's pace (internal/mailbox)
+//	event_poll_max = "100ms"
+//	scan_interval = "2s"
+//
+//	[[spm.domain]]
+//	vg = "8adbc85e-e554-4ae0-b318-8a5465fe5fe1"
+//	inbox = "/dev/8adbc85e-e554-4ae0-b318-8a5465fe5fe1/inbox"   # the default
+//	outbox = "/dev/8adbc85e-e554-4ae0-b318-8a5465fe5fe1/outbox" # the default
+//	devices = ["/dev/mapper/36001405a1b2c3d4"]                  # default: scan as lvm does
+//	max_lv_size = "2TiB"       # overrides [spm]'s
+//	reserve = "10GiB"
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/lvwatch/lvwatch/internal/size"
+	"github.com/lvwatch/lvwatch/internal/spm"
+)
+
+// File is the configuration file.
+type File struct {
+	SPM SPM `toml:"spm"`
+}
+
+// SPM is the [spm] section.
+type SPM struct {
+	LVM          string   `toml:"lvm"`
+	MaxLVSize    *Size    `toml:"max_lv_size"`
+	Reserve      *Size    `toml:"reserve"`
+	SpacePoll    Duration `toml:"space_poll"`
+	EventPollMin Duration `toml:"event_poll_min"`
+	EventPollMax Duration `toml:"event_poll_max"`
+	ScanInterval Duration `toml:"scan_interval"`
+	Domains      []Domain `toml:"domain"`
+}
+
+// Domain is one [[spm.domain]].
+type Domain struct {
+	VG        string   `toml:"vg"`
+	Inbox     string   `toml:"inbox"`
+	Outbox    string   `toml:"outbox"`
+	Devices   []string `toml:"devices"`
+	MaxLVSize *Size    `toml:"max_lv_size"`
+	Reserve   *Size    `toml:"reserve"`
+	SpacePoll Duration `toml:"space_poll"`
+}
+
+// Size is a byte size written as a string: "4TiB", "512MiB", "4096".
+type Size uint64
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (s *Size) UnmarshalText(b []byte) error {
+	n, err := size.Parse(string(b))
+	*s = Size(n)
+	return err
+}
+
+// Duration is a time.Duration written as a string: "50ms", "2s".
+type Duration time.Duration
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err == nil && v < 0 {
+		err = fmt.Errorf("duration %q: negative", b)
+	}
+	*d = Duration(v)
+	return err
+}
+
+// Parse parses a configuration file's text.
+func Parse(text []byte) (*File, error) {
+	var f File
+	md, err := toml.Decode(string(text), &f)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return nil, fmt.Errorf("config: unknown keys: %s", strings.Join(keys, ", "))
+	}
+	return &f, nil
+}
+
+// Load reads and parses the file at path.
+func Load(path string) (*File, error) {
+	text, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	f, err := Parse(text)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return f, nil
+}
+
+// SPMConfig is the [spm] section as the SPM takes it, each domain with the
+// section's defaults where it sets none. The SPM validates the rest at Start.
+func (f *File) SPMConfig() (spm.Config, error) {
+	s := f.SPM
+	if len(s.Domains) == 0 {
+		return spm.Config{}, errors.New("config: [spm] has no [[spm.domain]]")
+	}
+	cfg := spm.Config{LVM: s.LVM, EventPollMin: time.Duration(s.EventPollMin),
+		EventPollMax: time.Duration(s.EventPollMax), ScanInterval: time.Duration(s.ScanInterval)}
+	for _, d := range s.Domains {
+		poll := d.SpacePoll
+		if poll == 0 {
+			poll = s.SpacePoll
+		}
+		cfg.Domains = append(cfg.Domains, spm.DomainConfig{
+			VG: d.VG, Inbox: d.Inbox, Outbox: d.Outbox, Devices: d.Devices,
+			MaxLVSize: uint64(orSize(d.MaxLVSize, s.MaxLVSize)),
+			Reserve:   uint64(orSize(d.Reserve, s.Reserve)),
+			SpacePoll: time.Duration(poll),
+		})
+	}
+	return cfg, nil
+}
+
+// orSize returns the domain's size, or the section's, or 0 (the SPM's default).
+func orSize(domain, section *Size) Size {
+	switch {
+	case domain != nil:
+		return *domain
+	case section != nil:
+		return *section
+	}
+	return 0
+}

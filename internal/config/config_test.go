@@ -1,0 +1,80 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+const example = `
+[spm]
+lvm = "/sbin/lvm"
+max_lv_size = "4TiB"
+reserve = "1GiB"
+space_poll = "20ms"
+scan_interval = "2s"
+
+[[spm.domain]]
+vg = "8adbc85e-e554-4ae0-b318-8a5465fe5fe1"
+devices = ["/dev/mapper/a", "/dev/mapper/b"]
+reserve = "10GiB"
+
+[[spm.domain]]
+vg = "d772f1c6-3ebb-43c3-a42e-73fcd8255a5f"
+inbox = "/dev/x/inbox"
+outbox = "/dev/x/outbox"
+max_lv_size = "1TiB"
+space_poll = "1s"
+`
+
+func TestSPMConfig(t *testing.T) {
+	f, err := Parse([]byte(example))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := f.SPMConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.LVM != "/sbin/lvm" || cfg.ScanInterval != 2*time.Second || len(cfg.Domains) != 2 {
+		t.Fatalf("%+v", cfg)
+	}
+	a, b := cfg.Domains[0], cfg.Domains[1]
+	if a.MaxLVSize != 4<<40 || a.Reserve != 10<<30 || a.SpacePoll != 20*time.Millisecond || len(a.Devices) != 2 || a.Inbox != "" {
+		t.Errorf("first domain (section defaults, its own reserve): %+v", a)
+	}
+	if b.MaxLVSize != 1<<40 || b.Reserve != 1<<30 || b.SpacePoll != time.Second || b.Inbox != "/dev/x/inbox" || b.Devices != nil {
+		t.Errorf("second domain (its own maximum and poll): %+v", b)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct{ text, want string }{
+		{"[spm]\nmax_lv_sise = \"1GiB\"\n", "unknown keys: spm.max_lv_sise"},
+		{"[spm]\nreserve = \"lots\"\n", "reserve"},
+		{"[spm]\nspace_poll = \"-1s\"\n", "negative"},
+		{"[spm\n", "config"},
+	} {
+		_, err := Parse([]byte(tc.text))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want an error with %q", tc.text, err, tc.want)
+		}
+	}
+	f, err := Parse([]byte("[spm]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.SPMConfig(); err == nil {
+		t.Error("no domain: no error")
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(example))
+	f.Add([]byte("[spm]\nreserve = \"1.5GiB\"\n[[spm.domain]]\nvg = \"x\"\n"))
+	f.Fuzz(func(t *testing.T, text []byte) {
+		if file, err := Parse(text); err == nil {
+			file.SPMConfig()
+		}
+	})
+}
