@@ -51,6 +51,7 @@ bench: deps ## Run the benchmarks (root) and print their figures
 	$(GO) test -run '^$$' -bench . -benchtime 10000x ./internal/watch
 	$(GO) test -run '^$$' -bench . -benchtime 300x ./internal/lvm
 	$(GO) test -run '^$$' -bench . -benchtime 300x ./internal/mailbox
+	$(GO) test -run '^$$' -bench . -benchtime 200x ./internal/spm
 	$(GO) run ./tools/vmtest -run '^$$' -bench -benchtime 50x
 
 .PHONY: fuzz

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/lvwatch/lvwatch/internal/config"
+	"github.com/lvwatch/lvwatch/internal/size"
+	"github.com/lvwatch/lvwatch/internal/spm"
+)
+
+func runSPM(ctx context.Context, args []string) error {
+	fs := newFlagSet("spm")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: lvwatch spm --domain VG [--inbox PATH --outbox PATH] [--devices DEV,...]\n"+
+			"       lvwatch spm --config FILE\n\n"+
+			"Serves the storage domains' extend requests as their SPM: validates each, extends the LV\n"+
+			"with LVM2 and replies. A request the VG has no room for waits, with no reply, until an\n"+
+			"operator adds a PV (vgextend). Runs until SIGTERM or ^C.")
+		fs.PrintDefaults()
+	}
+	cfgPath := fs.String("config", "", "the configuration file ([spm] and [[spm.domain]] sections); excludes the domain flags")
+	domain := fs.String("domain", "", "the storage domain: its VG, named by the domain UUID")
+	inbox, outbox := mailboxFlags(fs)
+	devices := fs.String("devices", "", "comma-separated PVs LVM may see (default: found by scanning as lvm does)")
+	maxLV := fs.String("max-lv-size", "", "refuse requests above this LV size (default "+size.Format(spm.DefaultMaxLVSize)+")")
+	reserve := fs.String("reserve", "", "space of the VG never handed out (default 0)")
+	status := fs.String("status", "", "write a JSON status snapshot to this file whenever it changes")
+	force := forceFlag(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := spmConfig(*cfgPath, *domain, *inbox, *outbox, *devices, *maxLV, *reserve)
+	if err != nil {
+		return err
+	}
+	cfg.Log, cfg.IgnoreSignatures = logger, *force
+	s, err := spm.Start(cfg)
+	if err != nil {
+		return withForceHint(err)
+	}
+	defer s.Close()
+	if *status == "" {
+		<-ctx.Done()
+		return nil
+	}
+	var last []byte
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if snap, err := json.MarshalIndent(s.Status(), "", "  "); err == nil && !bytes.Equal(snap, last) {
+			if err := writeFileAtomic(*status, append(snap, '\n')); err != nil {
+				logger.Warn().Err(err).Msg("cannot write the status snapshot")
+			}
+			last = snap
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// spmConfig builds the SPM's configuration from the file or from the flags.
+func spmConfig(path, domain, inbox, outbox, devices, maxLV, reserve string) (spm.Config, error) {
+	if path != "" {
+		if domain != "" || inbox != "" || outbox != "" || devices != "" || maxLV != "" || reserve != "" {
+			return spm.Config{}, fmt.Errorf("%w: --config excludes --domain, --inbox, --outbox, --devices, --max-lv-size and --reserve", errUsage)
+		}
+		f, err := config.Load(path)
+		if err != nil {
+			return spm.Config{}, err
+		}
+		return f.SPMConfig()
+	}
+	if domain == "" {
+		return spm.Config{}, fmt.Errorf("%w: --domain or --config is required", errUsage)
+	}
+	if (inbox == "") != (outbox == "") {
+		return spm.Config{}, fmt.Errorf("%w: --inbox and --outbox go together", errUsage)
+	}
+	dc := spm.DomainConfig{VG: domain, Inbox: inbox, Outbox: outbox}
+	if devices != "" {
+		dc.Devices = strings.Split(devices, ",")
+	}
+	for _, f := range []struct {
+		name, value string
+		dst         *uint64
+	}{{"--max-lv-size", maxLV, &dc.MaxLVSize}, {"--reserve", reserve, &dc.Reserve}} {
+		if f.value == "" {
+			continue
+		}
+		n, err := size.Parse(f.value)
+		if err != nil {
+			return spm.Config{}, fmt.Errorf("%w: %s: %v", errUsage, f.name, err)
+		}
+		*f.dst = n
+	}
+	return spm.Config{Domains: []spm.DomainConfig{dc}}, nil
+}
+
+// writeFileAtomic replaces path with data: a reader sees the old snapshot or the new one.
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
