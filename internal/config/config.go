@@ -6,7 +6,7 @@
 //	lvm = "/sbin/lvm"          # the lvm binary (default: lvm from PATH)
 //	max_lv_size = "4TiB"       # per-domain default; a request above it is refused
 //	reserve = "0"              # of each VG: never handed out
-//	space_poll = "50ms"        # metadata header reads while requests wait for space
+//	space_poll = "10ms"        # metadata header reads while requests wait for space
 //	event_poll_min = "1ms"     # the mailbox's pace (internal/mailbox)
 //	event_poll_max = "100ms"
 //	scan_interval = "2s"

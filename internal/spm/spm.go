@@ -41,7 +41,7 @@ type DomainConfig struct {
 // Defaults of DomainConfig.
 const (
 	DefaultMaxLVSize = 16 << 40
-	DefaultSpacePoll = 50 * time.Millisecond
+	DefaultSpacePoll = 10 * time.Millisecond
 )
 
 // maxPending is every slot of every host: the mailbox hands over at most this many
