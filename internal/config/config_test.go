@@ -78,3 +78,21 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// The example in deploy/ documents every knob: it must parse, with the values it shows.
+func TestDeployExample(t *testing.T) {
+	f, err := Load("../../deploy/lvwatch.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := f.SPMConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Domains) != 1 || cfg.EventPollMax != 100*time.Millisecond {
+		t.Fatalf("%+v", cfg)
+	}
+	if d := cfg.Domains[0]; d.MaxLVSize != 2<<40 || d.Reserve != 10<<30 || len(d.Devices) != 1 {
+		t.Errorf("domain %+v", d)
+	}
+}
