@@ -129,6 +129,16 @@ func (d *domain) close() {
 	d.shell.Close()
 }
 
+// stopping reports whether the SPM is closing: the worker starts no more LVM commands.
+func (d *domain) stopping() bool {
+	select {
+	case <-d.stop:
+		return true
+	default:
+		return false
+	}
+}
+
 func (d *domain) count(f func(*Counters)) {
 	d.mu.Lock()
 	f(&d.snap.Counters)
@@ -155,6 +165,9 @@ func (d *domain) run() {
 		case <-d.kick:
 		case <-poll:
 		}
+		if d.stopping() {
+			return // select picks at random among ready cases: stop goes first
+		}
 		d.serve()
 		poll = nil
 		if len(d.pending) > 0 || d.readErr {
@@ -173,6 +186,7 @@ func (d *domain) abandon() {
 	for _, j := range left {
 		j.reply.Fail(errors.New("SPM stopping"))
 	}
+	d.count(func(c *Counters) { c.Withdrawn += uint64(len(left)) })
 }
 
 // serve runs one round: the requests waiting for space, oldest first, then the new
@@ -208,7 +222,12 @@ func (d *domain) serve() {
 	d.pending = nil
 	sp := vgSpace(vg, d.cfg.Reserve)
 	extents := map[string]uint64{} // LV sizes this round changed, ahead of vg
-	for _, j := range jobs {
+	for i, j := range jobs {
+		if d.stopping() {
+			// The rest stays for abandon: the mailbox has withdrawn it.
+			d.pending = append(d.pending, jobs[i:]...)
+			break
+		}
 		d.serveOne(j, vg, &sp, extents)
 	}
 	d.publish(vg, sp)
@@ -256,6 +275,12 @@ func (d *domain) serveOne(j *job, vg *lvm.VG, sp *space, extents map[string]uint
 		return
 	default:
 		d.wait(j, need, *sp, log)
+		return
+	}
+	if j.ctx.Err() != nil {
+		// Withdrawn while the round ran (the host gave up, or the SPM is closing):
+		// no lvextend for it. Answered all the same, as the mailbox requires.
+		d.dropWithdrawn([]*job{j})
 		return
 	}
 	// Not under j.ctx: a host giving up must never stop LVM mid-command.

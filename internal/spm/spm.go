@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -55,6 +56,9 @@ type SPM struct {
 	mailboxes []*mailboxRoute
 	domains   []*domain
 	unknown   atomic.Uint64 // requests for a domain this SPM does not serve
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // mailboxRoute is one mailbox and the domains whose requests come through it.
@@ -164,19 +168,26 @@ func (dc DomainConfig) withDefaults() (DomainConfig, error) {
 	return dc, nil
 }
 
-// Close stops the mailboxes, then the workers after the LVM command under way,
-// and ends the lvm shells. Unanswered requests stay in the inbox for the next SPM.
+// Close stops the mailboxes, which withdraws every request not answered yet, then
+// each worker: an lvextend already running finishes (LVM is never stopped
+// mid-command), but no further one starts, not even for the requests left in the
+// worker's round. Close then ends the lvm shells. Unanswered requests stay in the
+// inbox for the next SPM, which handles them again ("extend to N" is idempotent).
+// Calling Close again returns the first call's result.
 func (s *SPM) Close() error {
-	var errs []error
-	for _, r := range s.mailboxes {
-		if r.spm != nil {
-			errs = append(errs, r.spm.Close())
+	s.closeOnce.Do(func() {
+		var errs []error
+		for _, r := range s.mailboxes {
+			if r.spm != nil {
+				errs = append(errs, r.spm.Close())
+			}
 		}
-	}
-	for _, d := range s.domains {
-		d.close()
-	}
-	return errors.Join(errs...)
+		for _, d := range s.domains {
+			d.close()
+		}
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
 }
 
 // AddLocal links a host of this process to the mailbox serving domain vg, so that

@@ -1,0 +1,70 @@
+package spm
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// lockVG takes the VG's lvm lock as an operator's command would (lvm's file lock
+// in lvmtest's locking_dir): lvextend blocks until unlock.
+func (d *testDomain) lockVG() (unlock func()) {
+	d.t.Helper()
+	f, err := os.OpenFile(filepath.Join(d.env.Dir, "lock", "V_"+d.vg), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		d.t.Fatal(err)
+	}
+	return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }
+}
+
+// Close while an lvextend runs (held up by the VG lock) with more requests queued
+// behind it: the running lvextend finishes, no other starts, every request is
+// answered (dropped: withdrawn), and a second Close is harmless.
+func TestCloseStopsTheRound(t *testing.T) {
+	d := newTestDomain(t, 1, 0, 256<<20)
+	lvs := []string{newUUID(t), newUUID(t), newUUID(t), newUUID(t)}
+	d.createLVs(8, lvs...)
+	unlock := d.lockVG()
+	s := d.startSPM(Config{})
+	var jobs []hostJob
+	for _, lv := range lvs {
+		jobs = append(jobs, hostJob{Domain: d.vg, Volume: lv, Sizes: []uint64{16}})
+	}
+	d.startHost(1, jobs...)
+	waitFor(t, "one lvextend under way and every request queued", func() bool {
+		st := s.Status().Domains[0]
+		return st.LVMCommands == 1 && st.Requests == uint64(len(lvs))
+	})
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	dom := s.domains[0]
+	waitFor(t, "the worker told to stop", dom.stopping)
+	unlock()
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	st := s.Status().Domains[0]
+	if st.LVMCommands != 1 {
+		t.Errorf("%d LVM commands, want the one running at Close", st.LVMCommands)
+	}
+	grown := 0
+	for _, lv := range lvs {
+		if d.sizesMiB()[lv] == 16 {
+			grown++
+		}
+	}
+	if grown != 1 {
+		t.Errorf("%d LVs extended, want 1", grown)
+	}
+	if got := st.Extended + st.Withdrawn + st.Failed; got != uint64(len(lvs)) {
+		t.Errorf("status %+v: %d requests accounted for, want %d", st.Counters, got, len(lvs))
+	}
+}
