@@ -68,3 +68,40 @@ func TestCloseStopsTheRound(t *testing.T) {
 		t.Errorf("status %+v: %d requests accounted for, want %d", st.Counters, got, len(lvs))
 	}
 }
+
+// Domains naming one mailbox by other paths (a symlink here; /dev/VG/inbox and
+// /dev/mapper/VG-inbox on a host) share one mailbox reader; one inbox with two
+// outboxes is refused.
+func TestMailboxIdentity(t *testing.T) {
+	d := newTestDomain(t, 1, 0, 64<<20)
+	dir := t.TempDir()
+	linkIn, linkOut := filepath.Join(dir, "in"), filepath.Join(dir, "out")
+	for old, link := range map[string]string{d.inbox: linkIn, d.outbox: linkOut} {
+		if err := os.Symlink(old, link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := DomainConfig{VG: newUUID(t), Inbox: linkIn, Outbox: linkOut, Devices: d.pvs}
+	s := d.startSPM(Config{Domains: []DomainConfig{d.config(), other}})
+	if st := s.Status(); len(st.Mailboxes) != 1 || len(st.Mailboxes[0].Domains) != 2 {
+		t.Errorf("two domains on one mailbox by two paths: %+v", st.Mailboxes)
+	}
+	s.Close()
+
+	elsewhere := filepath.Join(dir, "outbox2")
+	if err := os.WriteFile(elsewhere, make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, bad := range map[string]DomainConfig{
+		"one inbox, two outboxes": {VG: other.VG, Inbox: linkIn, Outbox: elsewhere},
+		"one outbox, two inboxes": {VG: other.VG, Inbox: elsewhere, Outbox: linkOut},
+		"inbox without outbox":    {VG: other.VG, Inbox: linkIn},
+	} {
+		if s, err := Start(Config{Domains: []DomainConfig{d.config(), bad}}); err == nil {
+			s.Close()
+			t.Errorf("%s: started", name)
+		} else {
+			t.Logf("%s: %v", name, err)
+		}
+	}
+}

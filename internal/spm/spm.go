@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -30,7 +31,7 @@ type Config struct {
 // DomainConfig is one storage domain the SPM serves.
 type DomainConfig struct {
 	VG            string   // the domain UUID, lowercase
-	Inbox, Outbox string   // "": the VG's inbox and outbox LVs (/dev/VG/inbox); domains naming the same pair share it
+	Inbox, Outbox string   // both "": the VG's inbox and outbox LVs (/dev/VG/inbox); domains naming the same volumes share them (see the package doc)
 	Devices       []string // the PVs LVM may see (--devices); nil: found by scanning as lvm would
 	MaxLVSize     uint64   // bytes; 0: DefaultMaxLVSize
 	Reserve       uint64   // bytes of the VG the SPM never hands out
@@ -64,6 +65,7 @@ type SPM struct {
 // mailboxRoute is one mailbox and the domains whose requests come through it.
 type mailboxRoute struct {
 	inbox, outbox string
+	outboxID      volumeID
 	spm           *mailbox.SPM
 	domains       map[string]*domain
 	owner         *SPM
@@ -90,7 +92,8 @@ func Start(cfg Config) (*SPM, error) {
 		lvmPath = "lvm"
 	}
 	s := &SPM{log: cfg.Log.With().Str("component", "spm").Logger()}
-	routes := map[[2]string]*mailboxRoute{}
+	routes := map[volumeID]*mailboxRoute{} // by inbox
+	outboxes := map[volumeID]volumeID{}    // outbox → its inbox
 	for _, dc := range cfg.Domains {
 		dc, err := dc.withDefaults()
 		if err != nil {
@@ -99,12 +102,28 @@ func Start(cfg Config) (*SPM, error) {
 		if slices.ContainsFunc(s.domains, func(d *domain) bool { return d.cfg.VG == dc.VG }) {
 			return nil, fmt.Errorf("spm: domain %s configured twice", dc.VG)
 		}
-		key := [2]string{dc.Inbox, dc.Outbox}
-		r := routes[key]
-		if r == nil {
-			r = &mailboxRoute{inbox: dc.Inbox, outbox: dc.Outbox, domains: map[string]*domain{}, owner: s}
-			routes[key] = r
+		in, err := identify(dc.Inbox)
+		if err != nil {
+			return nil, fmt.Errorf("spm: domain %s: inbox: %w", dc.VG, err)
+		}
+		out, err := identify(dc.Outbox)
+		if err != nil {
+			return nil, fmt.Errorf("spm: domain %s: outbox: %w", dc.VG, err)
+		}
+		if in == out {
+			return nil, fmt.Errorf("spm: domain %s: inbox %s and outbox %s are the same volume", dc.VG, dc.Inbox, dc.Outbox)
+		}
+		r := routes[in]
+		switch {
+		case r == nil && outboxes[out] != (volumeID{}):
+			return nil, fmt.Errorf("spm: domain %s: outbox %s already serves another inbox than %s", dc.VG, dc.Outbox, dc.Inbox)
+		case r == nil:
+			r = &mailboxRoute{inbox: dc.Inbox, outbox: dc.Outbox, outboxID: out, domains: map[string]*domain{}, owner: s}
+			routes[in] = r
+			outboxes[out] = in
 			s.mailboxes = append(s.mailboxes, r)
+		case r.outboxID != out:
+			return nil, fmt.Errorf("spm: domain %s: inbox %s is already paired with outbox %s, not %s", dc.VG, dc.Inbox, r.outbox, dc.Outbox)
 		}
 		d := newDomain(dc, lvmPath, s.log)
 		r.domains[dc.VG] = d
@@ -135,6 +154,24 @@ func Start(cfg Config) (*SPM, error) {
 	return s, nil
 }
 
+// volumeID is what a mailbox volume is, whatever the path naming it: the device
+// number of a block device, or the device and inode of a file.
+type volumeID struct {
+	block    bool
+	dev, ino uint64
+}
+
+func identify(path string) (volumeID, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return volumeID{}, &os.PathError{Op: "stat", Path: path, Err: err}
+	}
+	if st.Mode&syscall.S_IFMT == syscall.S_IFBLK {
+		return volumeID{block: true, dev: st.Rdev}, nil
+	}
+	return volumeID{dev: st.Dev, ino: st.Ino}, nil
+}
+
 func lvmSystemDir() string {
 	if d := os.Getenv("LVM_SYSTEM_DIR"); d != "" {
 		return d
@@ -147,11 +184,11 @@ func (dc DomainConfig) withDefaults() (DomainConfig, error) {
 	if err != nil || u.String() != dc.VG {
 		return dc, fmt.Errorf("domain %q: the VG name must be the domain UUID in lowercase 8-4-4-4-12 form", dc.VG)
 	}
-	if dc.Inbox == "" {
-		dc.Inbox = "/dev/" + dc.VG + "/inbox"
+	if (dc.Inbox == "") != (dc.Outbox == "") {
+		return dc, fmt.Errorf("domain %s: inbox and outbox go together (or neither, for the VG's own)", dc.VG)
 	}
-	if dc.Outbox == "" {
-		dc.Outbox = "/dev/" + dc.VG + "/outbox"
+	if dc.Inbox == "" {
+		dc.Inbox, dc.Outbox = "/dev/"+dc.VG+"/inbox", "/dev/"+dc.VG+"/outbox"
 	}
 	for _, dev := range dc.Devices {
 		if !strings.HasPrefix(dev, "/") || strings.ContainsAny(dev, " \t\n,'\"") {
