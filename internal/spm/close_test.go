@@ -3,6 +3,7 @@ package spm
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -103,5 +104,67 @@ func TestMailboxIdentity(t *testing.T) {
 		} else {
 			t.Logf("%s: %v", name, err)
 		}
+	}
+}
+
+// lvm's stock backup settings and a devices file listing nothing, as on a host:
+// the SPM's command-line settings keep the archives bounded (vdsm's retain_min 50,
+// retain_days 0) and the devices file does not hide the domain's PVs.
+func TestHostLVMConfig(t *testing.T) {
+	const lvs, steps = 6, 11 // 66 extends: more than the 50 archives kept
+	d := newTestDomain(t, 1, 0, 512<<20)
+	names := make([]string, lvs)
+	for i := range names {
+		names[i] = newUUID(t)
+	}
+	d.createLVs(4, names...)
+	confPath := filepath.Join(d.env.Dir, "lvm.conf")
+	orig, err := os.ReadFile(confPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(d.env.Dir, "archive")
+	for _, dir := range []string{archive, filepath.Join(d.env.Dir, "backup"), filepath.Join(d.env.Dir, "devices")} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(d.env.Dir, "devices", "system.devices"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conf := strings.Replace(string(orig), "backup {\n\tbackup = 0\n\tarchive = 0\n}",
+		"backup {\n\tbackup = 1\n\tbackup_dir = \""+d.env.Dir+"/backup\"\n\tarchive = 1\n\tarchive_dir = \""+archive+
+			"\"\n\tretain_min = 10\n\tretain_days = 30\n}", 1)
+	conf = strings.Replace(conf, "use_devicesfile = 0", "use_devicesfile = 1", 1)
+	if conf == string(orig) || !strings.Contains(conf, "use_devicesfile = 1") {
+		t.Fatalf("lvmtest's lvm.conf changed shape:\n%s", orig)
+	}
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Before lvmtest's cleanup (which needs its own configuration back).
+	t.Cleanup(func() { os.WriteFile(confPath, orig, 0o600) })
+
+	d.startSPM(Config{})
+	var jobs []hostJob
+	for _, n := range names {
+		var sizes []uint64
+		for i := range steps {
+			sizes = append(sizes, 5+uint64(i))
+		}
+		jobs = append(jobs, hostJob{Domain: d.vg, Volume: n, Sizes: sizes})
+	}
+	for _, r := range d.startHost(1, jobs...).wait(t) {
+		if r.Err != "" || r.Granted < r.SizeMiB {
+			t.Errorf("%s to %d MiB: granted %d, %s", r.Volume, r.SizeMiB, r.Granted, r.Err)
+		}
+	}
+	files, err := filepath.Glob(filepath.Join(archive, d.vg+"_*.vg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// lvm expires down to retain_min after writing the new archive.
+	if len(files) == 0 || len(files) > 51 {
+		t.Errorf("%d archive files after %d extends, want 1..51", len(files), lvs*steps)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -335,8 +334,8 @@ func (d *domain) grant(j *job, extents uint64, sp *space, log zerolog.Logger) {
 // extend runs lvextend to exactly want extents, seeing only the domain's PVs.
 func (d *domain) extend(volume string, want uint64) error {
 	d.count(func(c *Counters) { c.LVMCommands++ })
-	return d.shell.run("lvextend", "--devices", strings.Join(d.devices, ","), "--config", lvmSettings,
-		"-l", strconv.FormatUint(want, 10), d.cfg.VG+"/"+volume)
+	args := append([]string{"lvextend"}, lvmArgs(d.devices)...)
+	return d.shell.run(append(args, "-l", strconv.FormatUint(want, 10), d.cfg.VG+"/"+volume)...)
 }
 
 // readVG reads the VG's metadata through the cache (one header read when nothing

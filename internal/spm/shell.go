@@ -16,12 +16,32 @@ import (
 )
 
 // lvmSettings is the configuration every SPM command gets on its command line,
-// over the host's lvm.conf: no aio (each command can wait ~34 ms in io_destroy),
-// no activation (the host that runs the VM reloads its own table), no udev, hints
-// or component probes (--devices names the PVs, nothing else is read).
+// over the host's lvm.conf, which the SPM otherwise keeps (the operator's locking,
+// the filters of the commands they run themselves):
+//   - no aio (each command can wait ~34 ms in io_destroy), no activation (the host
+//     that runs the VM reloads its own table), no udev, hints or component probes
+//     (--devices names the PVs, nothing else is read; lvm applies no filter to them);
+//   - backup/retain_min=50 backup/retain_days=0, vdsm's practice: lvm still writes
+//     an archive before each change and the backup after it, for the operator's
+//     vgcfgrestore, but keeps the last 50 archives only. lvm's stock defaults (10,
+//     and 30 days) would keep every extend of the last 30 days in /etc/lvm/archive:
+//     thousands of files a day on a busy SPM.
+//
+// lvmArgs adds devices/use_devicesfile=0 when --devices is given: a devices
+// file (system.devices) that does not list the domain's PVs must not hide them.
 const lvmSettings = `global/use_aio=0 global/activation=0 devices/hints="none" ` +
 	`devices/obtain_device_list_from_udev=0 devices/external_device_info_source="none" ` +
-	`devices/md_component_detection=0 devices/fw_raid_component_detection=0 devices/multipath_component_detection=0`
+	`devices/md_component_detection=0 devices/fw_raid_component_detection=0 devices/multipath_component_detection=0 ` +
+	`backup/retain_min=50 backup/retain_days=0`
+
+// lvmArgs are the options of every SPM command: the settings, and --devices with
+// the devices file off when devices are given.
+func lvmArgs(devices []string) []string {
+	if len(devices) == 0 {
+		return []string{"--config", lvmSettings}
+	}
+	return []string{"--devices", strings.Join(devices, ","), "--config", lvmSettings + " devices/use_devicesfile=0"}
+}
 
 // lvmProfile is the command profile lvm2 ships for lvmdbusd: JSON reports and,
 // on the report fd, one command log per command with the shell's status row.
