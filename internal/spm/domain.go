@@ -44,8 +44,9 @@ type domain struct {
 
 	// Owned by the worker.
 	devices []string
-	pending []*job // waiting for space, oldest first
-	readErr bool   // the last VG read failed (logged once until one succeeds)
+	pending []*job    // waiting for space, oldest first
+	readErr bool      // the last VG read failed (logged once until one succeeds)
+	warned  vgVersion // the metadata whose missing PVs and warnings were logged
 
 	mu       sync.Mutex
 	incoming []*job
@@ -343,6 +344,42 @@ func (d *domain) extend(volume string, want uint64) error {
 // names but the devices do not hold (an operator's vgextend) are looked for: at the
 // device the metadata records for them, or by a scan when no devices are configured.
 func (d *domain) readVG() (*lvm.VG, bool, error) {
+	vg, changed, err := d.readVGOnce()
+	if err == nil && changed {
+		d.warnMissing(vg)
+	}
+	return vg, changed, err
+}
+
+// vgVersion tells one version of a VG's metadata from another.
+type vgVersion struct {
+	id    string
+	seqno uint64
+}
+
+func versionOf(vg *lvm.VG) vgVersion { return vgVersion{vg.ID, vg.Seqno} }
+
+// warnMissing logs, once per metadata version, the PVs the metadata names but
+// this host did not find, and what else the read found wrong. Each new version is
+// looked for again (readVGOnce), so a fix by the operator is seen at the next change.
+func (d *domain) warnMissing(vg *lvm.VG) {
+	if versionOf(vg) == d.warned {
+		return
+	}
+	d.warned = versionOf(vg)
+	for _, pv := range vg.PVs {
+		if pv.Device == "" {
+			d.log.Warn().Str("pv_uuid", pv.ID).Str("device_hint", pv.DeviceHint).Uint64("seqno", vg.Seqno).
+				Msg("a PV of the VG was not found on this host: its space is not used until it is; " +
+					"list its device in the domain's devices setting if its path here is not the hint")
+		}
+	}
+	for _, w := range vg.Warnings {
+		d.log.Warn().Str("warning", w).Uint64("seqno", vg.Seqno).Msg("VG metadata read")
+	}
+}
+
+func (d *domain) readVGOnce() (*lvm.VG, bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
 	defer cancel()
 	if d.devices == nil {
