@@ -47,6 +47,7 @@ type domain struct {
 	pending []*job    // waiting for space, oldest first
 	readErr bool      // the last VG read failed (logged once until one succeeds)
 	warned  vgVersion // the metadata whose missing PVs and warnings were logged
+	judged  vgVersion // the metadata d.pending was last judged against
 
 	mu       sync.Mutex
 	incoming []*job
@@ -190,8 +191,9 @@ func (d *domain) abandon() {
 }
 
 // serve runs one round: the requests waiting for space, oldest first, then the new
-// ones. The waiting ones are looked at again only when the VG's metadata changed
-// (one header read tells); one that does not fit never holds back the others.
+// ones. The waiting ones are looked at again only when the VG's metadata differs
+// from the version they were judged against (one header read tells); one that does
+// not fit never holds back the others.
 func (d *domain) serve() {
 	d.mu.Lock()
 	incoming := d.incoming
@@ -200,8 +202,9 @@ func (d *domain) serve() {
 
 	d.pending = d.dropWithdrawn(d.pending)
 	incoming = d.dropWithdrawn(incoming)
-	vg, changed, err := d.readVG()
+	vg, _, err := d.readVG()
 	if err != nil {
+		d.judged = vgVersion{} // the requests put back now were judged against nothing
 		if !d.readErr {
 			d.log.Error().Err(err).Msg("cannot read the VG's metadata; requests wait until it reads again")
 		}
@@ -214,10 +217,14 @@ func (d *domain) serve() {
 		d.log.Info().Msg("VG metadata readable again")
 		d.readErr = false
 	}
-	if len(incoming) == 0 && !changed {
+	// Not the cache's "changed": a read within the last round (after a failed
+	// lvextend) may have seen the change already, and requests put back then were
+	// judged against the round's older metadata.
+	if len(incoming) == 0 && versionOf(vg) == d.judged {
 		d.publish(vg, vgSpace(vg, d.cfg.Reserve))
 		return
 	}
+	d.judged = versionOf(vg)
 	jobs := append(d.pending, incoming...)
 	d.pending = nil
 	sp := vgSpace(vg, d.cfg.Reserve)
