@@ -79,9 +79,19 @@ func (s *shell) start() error {
 	if err != nil {
 		return fmt.Errorf("lvm shell: report pipe: %w", err)
 	}
+	// Not cmd.StdoutPipe: Wait closes that pipe, and must not run while it is
+	// read. Here Wait runs once the reader has seen EOF.
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		repR.Close()
+		repW.Close()
+		return fmt.Errorf("lvm shell: output pipe: %w", err)
+	}
 	fail := func(err error) error {
 		repR.Close()
 		repW.Close()
+		outR.Close()
+		outW.Close()
 		return fmt.Errorf("lvm shell: %w", err)
 	}
 	cmd := exec.Command(s.path)
@@ -95,24 +105,22 @@ func (s *shell) start() error {
 		return fail(err)
 	}
 	// stdout and stderr both: lvm prints messages to either; they are for the log.
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return fail(err)
-	}
-	cmd.Stderr = cmd.Stdout
+	cmd.Stdout, cmd.Stderr = outW, outW
 	if err := cmd.Start(); err != nil {
 		return fail(fmt.Errorf("start %s: %w", s.path, err))
 	}
 	repW.Close()
+	outW.Close()
 	s.cmd, s.stdin, s.repR, s.report = cmd, stdin, repR, newReportReader(repR)
 	s.tail = &lineTail{}
 	s.exited = make(chan struct{})
-	go s.tail.collect(out, s.log)
-	go func(exited chan struct{}) {
+	go func(tail *lineTail, exited chan struct{}) {
+		tail.collect(outR, s.log) // to EOF: lvm and every child of it gone
+		outR.Close()
 		err := cmd.Wait()
 		s.log.Debug().Err(err).Int("pid", cmd.Process.Pid).Msg("lvm shell exited")
 		close(exited)
-	}(s.exited)
+	}(s.tail, s.exited)
 	s.log.Debug().Int("pid", cmd.Process.Pid).Str("lvm", s.path).Msg("lvm shell started")
 	return nil
 }
@@ -223,10 +231,22 @@ type lineTail struct {
 	lines []string
 }
 
-const tailLines = 8
+const (
+	tailLines   = 8
+	maxLineSize = 1 << 20 // longest line of lvm's output logged
+)
 
+// collect reads r to its end: lvm blocks on a full pipe, so a line longer than
+// the buffer (or any read error) only stops the logging, never the reading.
 func (t *lineTail) collect(r io.Reader, log zerolog.Logger) {
 	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), maxLineSize)
+	defer func() {
+		if err := sc.Err(); err != nil {
+			log.Debug().Err(err).Msg("lvm output not logged from here on")
+			io.Copy(io.Discard, r)
+		}
+	}()
 	for sc.Scan() {
 		l := strings.TrimSpace(sc.Text())
 		if l == "" {
