@@ -149,17 +149,30 @@ func (s *shell) run(args ...string) error {
 	return fmt.Errorf("lvm %s failed: %s", args[0], s.errors())
 }
 
-// send writes one command line and reads its report, starting lvm if needed.
+// send writes one command line and reads its report, starting lvm if needed. A
+// shell known to have exited is replaced first; a write that fails (lvm died
+// since) sent nothing, so the command goes to a new shell, once.
 func (s *shell) send(line string) ([]logRow, error) {
-	if s.cmd == nil {
-		if err := s.start(); err != nil {
-			return nil, err
-		}
-	}
-	s.tail.reset()
-	if _, err := io.WriteString(s.stdin, line+"\n"); err != nil {
+	if s.cmd != nil && s.hasExited() {
+		s.log.Info().Msg("the lvm shell had exited; starting another")
 		s.stop()
-		return nil, fmt.Errorf("%w: %w", errShellDied, err)
+	}
+	for retried := false; ; retried = true {
+		if s.cmd == nil {
+			if err := s.start(); err != nil {
+				return nil, err
+			}
+		}
+		s.tail.reset()
+		_, err := io.WriteString(s.stdin, line+"\n")
+		if err == nil {
+			break
+		}
+		s.stop()
+		if retried {
+			return nil, fmt.Errorf("lvm shell: command not sent: %w", err)
+		}
+		s.log.Info().Err(err).Msg("the lvm shell died since the last command; sending it to another")
 	}
 	rows, err := s.report.next()
 	if err != nil {
@@ -167,6 +180,16 @@ func (s *shell) send(line string) ([]logRow, error) {
 		return nil, fmt.Errorf("%w: %w (output: %s)", errShellDied, err, s.tail.String())
 	}
 	return rows, nil
+}
+
+// hasExited reports whether the lvm process is known to have exited; s.mu is held.
+func (s *shell) hasExited() bool {
+	select {
+	case <-s.exited:
+		return true
+	default:
+		return false
+	}
 }
 
 // errors returns the error messages of the last command: lvm's lastlog, or
