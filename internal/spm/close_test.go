@@ -168,3 +168,9 @@ func TestHostLVMConfig(t *testing.T) {
 		t.Errorf("%d archive files after %d extends, want 1..51", len(files), lvs*steps)
 	}
 }
+
+func TestEmptyDevices(t *testing.T) {
+	if _, err := (DomainConfig{VG: "8adbc85e-e554-4ae0-b318-8a5465fe5fe1", Devices: []string{}}).withDefaults(); err == nil {
+		t.Error("devices = []: no error")
+	}
+}

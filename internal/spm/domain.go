@@ -44,10 +44,11 @@ type domain struct {
 
 	// Owned by the worker.
 	devices []string
-	pending []*job    // waiting for space, oldest first
-	readErr bool      // the last VG read failed (logged once until one succeeds)
-	warned  vgVersion // the metadata whose missing PVs and warnings were logged
-	judged  vgVersion // the metadata d.pending was last judged against
+	pending []*job        // waiting for space, oldest first
+	readErr bool          // the last VG read failed (logged once until one succeeds)
+	retry   time.Duration // the wait before the next read while reads fail
+	warned  vgVersion     // the metadata whose missing PVs and warnings were logged
+	judged  vgVersion     // the metadata d.pending was last judged against
 
 	mu       sync.Mutex
 	incoming []*job
@@ -117,6 +118,20 @@ func (d *domain) enqueue(ctx context.Context, req mailbox.Request, reply *mailbo
 	d.wake()
 }
 
+// Reads that fail are retried after 10 ms, doubling up to a second.
+const (
+	minRetry = 10 * time.Millisecond
+	maxRetry = time.Second
+)
+
+// nextRetry is the wait after a read that failed (0 after one that worked).
+func nextRetry(prev time.Duration, failed bool) time.Duration {
+	if !failed {
+		return 0
+	}
+	return min(max(2*prev, minRetry), maxRetry)
+}
+
 func (d *domain) wake() {
 	select {
 	case d.kick <- struct{}{}:
@@ -170,9 +185,12 @@ func (d *domain) run() {
 			return // select picks at random among ready cases: stop goes first
 		}
 		d.serve()
+		// Polls only while requests wait (a new one kicks the worker); while the
+		// VG cannot be read (with no devices, each read is a scan), backing off.
 		poll = nil
-		if len(d.pending) > 0 || d.readErr {
-			poll = time.After(d.cfg.SpacePoll)
+		d.retry = nextRetry(d.retry, d.readErr)
+		if len(d.pending) > 0 {
+			poll = time.After(max(d.cfg.SpacePoll, d.retry))
 		}
 	}
 }

@@ -2,6 +2,7 @@ package spm
 
 import (
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -30,5 +31,24 @@ func TestWarnMissingPV(t *testing.T) {
 	d.warnMissing(&next)
 	if n := len(logs.lines("lost-id")); n != 2 {
 		t.Errorf("a new metadata version: %d lines for the lost PV, want 2", n)
+	}
+}
+
+// Failed reads back off from 10 ms to a second; one that works resets it.
+func TestNextRetry(t *testing.T) {
+	var got []time.Duration
+	var d time.Duration
+	for range 9 {
+		d = nextRetry(d, true)
+		got = append(got, d)
+	}
+	want := []time.Duration{10, 20, 40, 80, 160, 320, 640, 1000, 1000}
+	for i := range want {
+		if got[i] != want[i]*time.Millisecond {
+			t.Fatalf("retries %v, want %v ms", got, want)
+		}
+	}
+	if nextRetry(d, false) != 0 {
+		t.Error("a read that worked keeps the backoff")
 	}
 }

@@ -190,6 +190,9 @@ func (dc DomainConfig) withDefaults() (DomainConfig, error) {
 	if dc.Inbox == "" {
 		dc.Inbox, dc.Outbox = "/dev/"+dc.VG+"/inbox", "/dev/"+dc.VG+"/outbox"
 	}
+	if dc.Devices != nil && len(dc.Devices) == 0 {
+		return dc, fmt.Errorf("domain %s: an empty device list (leave devices out to find the PVs by scanning)", dc.VG)
+	}
 	for _, dev := range dc.Devices {
 		if !strings.HasPrefix(dev, "/") || strings.ContainsAny(dev, " \t\n,'\"") {
 			return dc, fmt.Errorf("domain %s: device %q: an absolute path without blanks, commas or quotes", dc.VG, dev)
