@@ -1,6 +1,8 @@
 // Package config reads the agent's configuration file, TOML. Today it has the SPM's
 // part; the agent's sections join it later. Unknown keys are errors, so that a typo
-// is not a silent default.
+// is not a silent default. Settings that parse but make no sense are errors too:
+// polls under 1ms, a scan_interval under 100ms, a max_lv_size of 0, an inbox
+// without its outbox, an empty devices list.
 //
 //	[spm]
 //	lvm = "/sbin/lvm"          # the lvm binary (default: lvm from PATH)
@@ -121,6 +123,9 @@ func (f *File) SPMConfig() (spm.Config, error) {
 	if len(s.Domains) == 0 {
 		return spm.Config{}, errors.New("config: [spm] has no [[spm.domain]]")
 	}
+	if err := s.check(); err != nil {
+		return spm.Config{}, err
+	}
 	cfg := spm.Config{LVM: s.LVM, EventPollMin: time.Duration(s.EventPollMin),
 		EventPollMax: time.Duration(s.EventPollMax), ScanInterval: time.Duration(s.ScanInterval)}
 	for _, d := range s.Domains {
@@ -136,6 +141,51 @@ func (f *File) SPMConfig() (spm.Config, error) {
 		})
 	}
 	return cfg, nil
+}
+
+// Lower bounds of the pace settings: each poll reads shared storage, and a
+// nanosecond is a busy loop on every host's storage path.
+const (
+	MinPoll         = time.Millisecond
+	MinScanInterval = 100 * time.Millisecond
+)
+
+// check refuses settings that parse but make no sense.
+func (s SPM) check() error {
+	var errs []error
+	minimum := func(key string, d Duration, least time.Duration) {
+		if d != 0 && time.Duration(d) < least {
+			errs = append(errs, fmt.Errorf("%s = %q: at least %s (or leave it out for the default)", key, time.Duration(d), least))
+		}
+	}
+	nonzero := func(key string, sz *Size) {
+		if sz != nil && *sz == 0 {
+			errs = append(errs, fmt.Errorf("%s = \"0\": a request could never be served (leave it out for the default)", key))
+		}
+	}
+	minimum("spm.space_poll", s.SpacePoll, MinPoll)
+	minimum("spm.event_poll_min", s.EventPollMin, MinPoll)
+	minimum("spm.event_poll_max", s.EventPollMax, MinPoll)
+	minimum("spm.scan_interval", s.ScanInterval, MinScanInterval)
+	if s.EventPollMin != 0 && s.EventPollMax != 0 && s.EventPollMax < s.EventPollMin {
+		errs = append(errs, fmt.Errorf("spm.event_poll_max %s is below event_poll_min %s", time.Duration(s.EventPollMax), time.Duration(s.EventPollMin)))
+	}
+	nonzero("spm.max_lv_size", s.MaxLVSize)
+	for i, d := range s.Domains {
+		key := fmt.Sprintf("spm.domain[%d]", i)
+		minimum(key+".space_poll", d.SpacePoll, MinPoll)
+		nonzero(key+".max_lv_size", d.MaxLVSize)
+		if (d.Inbox == "") != (d.Outbox == "") {
+			errs = append(errs, fmt.Errorf("%s (vg %q): inbox and outbox go together (or neither, for the VG's own)", key, d.VG))
+		}
+		if d.Devices != nil && len(d.Devices) == 0 {
+			errs = append(errs, fmt.Errorf("%s (vg %q): devices = []: leave it out to find the PVs by scanning", key, d.VG))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("config: %w", errors.Join(errs...))
+	}
+	return nil
 }
 
 // orSize returns the domain's size, or the section's, or 0 (the SPM's default).

@@ -60,6 +60,28 @@ func TestParseErrors(t *testing.T) {
 			t.Errorf("%q: %v, want an error with %q", tc.text, err, tc.want)
 		}
 	}
+	const vg = "[[spm.domain]]\nvg = \"8adbc85e-e554-4ae0-b318-8a5465fe5fe1\"\n"
+	for _, tc := range []struct{ text, want string }{
+		{"[spm]\nspace_poll = \"1ns\"\n" + vg, "spm.space_poll = \"1ns\": at least 1ms"},
+		{"[spm]\nevent_poll_min = \"1ns\"\n" + vg, "spm.event_poll_min"},
+		{"[spm]\nevent_poll_max = \"999us\"\n" + vg, "spm.event_poll_max"},
+		{"[spm]\nevent_poll_min = \"50ms\"\nevent_poll_max = \"10ms\"\n" + vg, "below event_poll_min"},
+		{"[spm]\nscan_interval = \"1ns\"\n" + vg, "spm.scan_interval = \"1ns\": at least 100ms"},
+		{"[spm]\nmax_lv_size = \"0\"\n" + vg, "spm.max_lv_size = \"0\""},
+		{"[spm]\n" + vg + "max_lv_size = \"0\"\n", "spm.domain[0].max_lv_size"},
+		{"[spm]\n" + vg + "space_poll = \"10us\"\n", "spm.domain[0].space_poll"},
+		{"[spm]\n" + vg + "inbox = \"/dev/x/inbox\"\n", "inbox and outbox go together"},
+		{"[spm]\n" + vg + "outbox = \"/dev/x/outbox\"\n", "inbox and outbox go together"},
+		{"[spm]\n" + vg + "devices = []\n", "devices = []"},
+	} {
+		f, err := Parse([]byte(tc.text))
+		if err != nil {
+			t.Fatalf("%q: %v", tc.text, err)
+		}
+		if _, err := f.SPMConfig(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want an error with %q", tc.text, err, tc.want)
+		}
+	}
 	f, err := Parse([]byte("[spm]\n"))
 	if err != nil {
 		t.Fatal(err)
