@@ -134,10 +134,15 @@ func dropTrailingCommas(b []byte) []byte {
 }
 
 // commandStatus finds the shell's status row of a command's report: lvm's
-// return code, 1 (ECMD_PROCESSED) on success.
-func commandStatus(rows []logRow) (ok bool, err error) {
+// return code, 1 (ECMD_PROCESSED) on success. The row must name the command sent
+// (name, its first word): another name means the shell and the SPM are out of
+// step, a protocol error.
+func commandStatus(rows []logRow, name string) (ok bool, err error) {
 	for _, r := range rows {
 		if r.Context == "shell" && r.ObjectType == "cmd" && r.Type == "status" {
+			if r.ObjectName != name {
+				return false, fmt.Errorf("lvm report: status of %q for the command %q", r.ObjectName, name)
+			}
 			return r.RetCode == "1", nil
 		}
 	}

@@ -32,8 +32,11 @@ func TestReportReader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := commandStatus(rows); ok || err != nil {
+	if ok, err := commandStatus(rows, "lvextend"); ok || err != nil {
 		t.Errorf("failed command: ok %v, %v", ok, err)
+	}
+	if _, err := commandStatus(rows, "vgs"); err == nil {
+		t.Error("the status of another command is taken")
 	}
 	rows, err = rr.next()
 	if err != nil {
@@ -42,14 +45,14 @@ func TestReportReader(t *testing.T) {
 	if len(rows) != 1 || !strings.HasSuffix(rows[0].Message, "{4 extents}") {
 		t.Errorf("lastlog rows %+v", rows)
 	}
-	if _, err := commandStatus(rows); err == nil {
+	if _, err := commandStatus(rows, "lastlog"); err == nil {
 		t.Error("a report without a status row has a status")
 	}
 	rows, err = rr.next()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := commandStatus(rows); !ok || err != nil {
+	if ok, err := commandStatus(rows, "lvextend"); !ok || err != nil {
 		t.Errorf("successful command: ok %v, %v", ok, err)
 	}
 	if _, err := rr.next(); !errors.Is(err, io.EOF) {
@@ -84,7 +87,7 @@ func FuzzReportReader(f *testing.F) {
 			if err != nil {
 				return
 			}
-			commandStatus(rows)
+			commandStatus(rows, "lvextend")
 		}
 	})
 }

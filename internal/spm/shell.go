@@ -142,9 +142,14 @@ func (s *shell) run(args ...string) error {
 	if err != nil {
 		return err
 	}
-	ok, err := commandStatus(rows)
-	if err != nil || ok {
-		return err
+	ok, err := commandStatus(rows, args[0])
+	if err != nil {
+		// Out of step with lvm: a new shell for the next command.
+		s.stop()
+		return fmt.Errorf("%w: %w", errShellDied, err)
+	}
+	if ok {
+		return nil
 	}
 	return fmt.Errorf("lvm %s failed: %s", args[0], s.errors())
 }

@@ -129,11 +129,17 @@ func Start(cfg Config) (*SPM, error) {
 		r.domains[dc.VG] = d
 		s.domains = append(s.domains, d)
 	}
-	// Probe LVM once: a missing lvm or command profile is a clear error now, not
-	// a failure reply for every request later.
-	if err := s.domains[0].shell.run("version"); err != nil {
-		return nil, fmt.Errorf("spm: lvm does not answer through its shell (is %s/profile/%s.profile there?): %w",
-			lvmSystemDir(), lvmProfile, err)
+	// Probe each domain's shell with the options its commands get: a missing lvm
+	// or command profile, or a setting this lvm rejects, is a clear error now, not
+	// a failure reply for every request later. On failure no lvm is left running.
+	for _, d := range s.domains {
+		if err := d.shell.run(append([]string{"version"}, lvmArgs(d.devices)...)...); err != nil {
+			for _, d := range s.domains {
+				d.shell.Close()
+			}
+			return nil, fmt.Errorf("spm: domain %s: lvm does not answer through its shell (is %s/profile/%s.profile there?): %w",
+				d.cfg.VG, lvmSystemDir(), lvmProfile, err)
+		}
 	}
 	for _, d := range s.domains {
 		go d.run()
