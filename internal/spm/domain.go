@@ -350,11 +350,23 @@ func (d *domain) wait(j *job, need uint64, sp space, log zerolog.Logger) {
 func (d *domain) grant(j *job, extents uint64, sp *space, log zerolog.Logger) {
 	sizeMiB := min(extents*sp.extentBytes>>20, mailbox.MaxSizeMiB)
 	err := j.reply.Grant(sizeMiB)
+	switch {
+	case errors.Is(err, mailbox.ErrWithdrawn):
+		// Answered, and the answer dropped: the LV has the size all the same.
+		d.count(func(c *Counters) { c.Withdrawn++ })
+		log.Debug().Uint64("size_mib_now", sizeMiB).Msg("request withdrawn before its reply; the LV has the size")
+		return
+	case err != nil:
+		// Grant refused the size and answered nothing: the host must not wait forever.
+		d.count(func(c *Counters) { c.Failed++ })
+		j.reply.Fail(err)
+		return
+	}
 	ev := log.Debug()
 	if !j.waitingSince.IsZero() {
 		ev = log.Info().Dur("waited", time.Since(j.waitingSince))
 	}
-	ev.Err(err).Uint64("granted_mib", sizeMiB).Dur("took", time.Since(j.found)).Msg("extend granted")
+	ev.Uint64("granted_mib", sizeMiB).Dur("took", time.Since(j.found)).Msg("extend granted")
 }
 
 // extend runs lvextend to exactly want extents, seeing only the domain's PVs.
