@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -310,6 +311,47 @@ func (p *spmProc) kill() {
 	p.cmd.Process.Signal(syscall.SIGKILL)
 	p.cmd.Wait()
 	p.stderr.Close()
+}
+
+// children are the processes the SPM process started (its lvm shells), as pids.
+func (p *spmProc) children(t *testing.T) []int {
+	t.Helper()
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", p.cmd.Process.Pid))
+	if err != nil || len(tasks) == 0 {
+		t.Fatalf("the SPM's threads: %v", err)
+	}
+	var pids []int
+	for _, f := range tasks {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // the thread ended
+		}
+		for _, s := range strings.Fields(string(b)) {
+			pid, err := strconv.Atoi(s)
+			if err != nil {
+				t.Fatalf("%s: %q", f, b)
+			}
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// waitGone waits until the processes have exited (a zombie counts: not ours to reap).
+func waitGone(t *testing.T, pids []int) {
+	t.Helper()
+	for _, pid := range pids {
+		waitFor(t, fmt.Sprintf("process %d to exit", pid), func() bool {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+			if err != nil {
+				return true
+			}
+			// pid (comm) state …: comm may hold blanks and parentheses.
+			s := string(b)
+			i := strings.LastIndexByte(s, ')')
+			return i < 0 || i+2 >= len(s) || s[i+2] == 'Z' || s[i+2] == 'X'
+		})
+	}
 }
 
 // waitFor polls cond until it holds; the deadline only turns a hang into a failure.

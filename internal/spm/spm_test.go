@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -292,8 +293,12 @@ func TestVdsmInterop(t *testing.T) {
 }
 
 // kill -9 of the SPM process at random points of a stream of extends, 50 times, a
-// new SPM each time: every request is answered in the end, no LV is ever smaller
-// than before nor bigger than asked, and vgck finds the VG clean.
+// new SPM each time. After every kill, once the lvm shell the SPM left behind has
+// finished its command (it exits when its stdin closes), no LV is smaller than
+// before nor bigger than the most asked for it. Some kills must hit an extend under
+// way: the metadata changed between the SPM's death and its lvm's exit, which only
+// that orphaned lvm can have done. In the end every request is answered once, each
+// LV has the most asked for it, and vgck finds the VG clean.
 func TestKillSPM(t *testing.T) {
 	const (
 		rounds = 50
@@ -302,56 +307,85 @@ func TestKillSPM(t *testing.T) {
 	)
 	d := newTestDomain(t, 1, 0, 1<<30)
 	names := make([]string, lvs)
-	for i := range names {
-		names[i] = newUUID(t)
+	sizes := make([][]uint64, lvs) // LV k asks 5+k … 5+k+steps-1: each LV its own largest
+	most := map[string]uint64{}
+	for k := range names {
+		names[k] = newUUID(t)
+		for i := range steps {
+			sizes[k] = append(sizes[k], 5+uint64(k+i))
+		}
+		most[names[k]] = sizes[k][steps-1]
 	}
 	d.createLVs(4, names...)
-	sizes := make([]uint64, steps)
-	for i := range sizes {
-		sizes[i] = 5 + uint64(i)
-	}
 	var hosts []*hostProc
-	for h := range 4 {
+	for h := range lvs / 2 {
 		hosts = append(hosts, d.startHost(h+1,
-			hostJob{Domain: d.vg, Volume: names[2*h], Sizes: sizes},
-			hostJob{Domain: d.vg, Volume: names[2*h+1], Sizes: sizes}))
+			hostJob{Domain: d.vg, Volume: names[2*h], Sizes: sizes[2*h]},
+			hostJob{Domain: d.vg, Volume: names[2*h+1], Sizes: sizes[2*h+1]}))
 	}
 	logPath := filepath.Join(t.TempDir(), "spm.log")
+	check := func(when string, before, now map[string]uint64) {
+		t.Helper()
+		for _, n := range names {
+			if now[n] < before[n] || now[n] > most[n] {
+				t.Fatalf("%s: LV %s: %d MiB after %d MiB (asked at most %d)", when, n, now[n], before[n], most[n])
+			}
+		}
+	}
 	prev := d.sizesMiB()
-	grew := 0
-	for range rounds {
+	busy, grew := 0, 0
+	for round := range rounds {
 		p := d.startSPMProc(Config{}, logPath)
 		// A random point: the SPM is mid-scan, mid-lvextend or between replies.
 		time.Sleep(time.Duration(rand.IntN(30)) * time.Millisecond)
+		shells := p.children(t)
 		p.kill()
+		atKill := d.readVG()
+		waitGone(t, shells)
+		settled := d.readVG()
+		if settled.Seqno != atKill.Seqno {
+			busy++ // the SPM died with an lvextend under way, and that lvextend committed
+		}
 		now := d.sizesMiB()
+		check(fmt.Sprintf("round %d", round), prev, now)
 		for _, n := range names {
-			if now[n] < prev[n] || now[n] > sizes[steps-1] {
-				t.Fatalf("LV %s: %d MiB after %d MiB (asked at most %d)", n, now[n], prev[n], sizes[steps-1])
-			}
 			if now[n] > prev[n] {
 				grew++
 			}
 		}
 		prev = now
 	}
-	t.Logf("%d LV extensions seen across the %d killed SPMs", grew, rounds)
+	t.Logf("%d of %d SPMs killed mid-extend; %d LV extensions across the rounds", busy, rounds, grew)
+	if busy == 0 {
+		t.Errorf("no SPM of %d was killed with an extend under way: the kills tested nothing", rounds)
+	}
 	p := d.startSPMProc(Config{}, logPath)
 	defer p.kill()
-	for _, h := range hosts {
-		res := h.wait(t)
-		if len(res) != 2*steps {
-			t.Fatalf("host: %d answers, want %d", len(res), 2*steps)
-		}
+	for h, proc := range hosts {
+		res := proc.wait(t)
+		answers := map[hostResult]int{}
 		for _, r := range res {
 			if r.Err != "" || r.Granted < r.SizeMiB {
 				t.Errorf("%s to %d MiB: granted %d, %s", r.Volume, r.SizeMiB, r.Granted, r.Err)
 			}
+			answers[hostResult{Volume: r.Volume, SizeMiB: r.SizeMiB}]++
+		}
+		for _, k := range []int{2 * h, 2*h + 1} {
+			for _, sz := range sizes[k] {
+				if n := answers[hostResult{Volume: names[k], SizeMiB: sz}]; n != 1 {
+					t.Errorf("host %d, %s to %d MiB: %d answers, want 1", h+1, names[k], sz, n)
+				}
+			}
+		}
+		if len(res) != 2*steps {
+			t.Errorf("host %d: %d answers, want %d", h+1, len(res), 2*steps)
 		}
 	}
-	for n, sz := range d.sizesMiB() {
-		if sz != sizes[steps-1] {
-			t.Errorf("LV %s: %d MiB, want %d", n, sz, sizes[steps-1])
+	final := d.sizesMiB()
+	check("at the end", prev, final)
+	for _, n := range names {
+		if final[n] != most[n] {
+			t.Errorf("LV %s: %d MiB, want %d", n, final[n], most[n])
 		}
 	}
 	d.vgck()
