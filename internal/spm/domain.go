@@ -25,8 +25,9 @@ type job struct {
 	req          mailbox.Request
 	reply        *mailbox.Reply
 	found        time.Time
-	waitingSince time.Time // when it first found no room; zero until then
-	needBytes    uint64    // what it needs then
+	waitingSince time.Time   // when it first found no room; zero until then
+	needBytes    uint64      // what it needs then
+	unwake       func() bool // stops the wake-up on its context's end, once answered
 }
 
 // domain serves one VG: a single worker goroutine takes the requests in the order
@@ -49,6 +50,7 @@ type domain struct {
 	retry   time.Duration // the wait before the next read while reads fail
 	warned  vgVersion     // the metadata whose missing PVs and warnings were logged
 	judged  vgVersion     // the metadata d.pending was last judged against
+	wrote   bool          // the last round ran an lvextend: the cached metadata is stale
 
 	mu       sync.Mutex
 	incoming []*job
@@ -109,12 +111,14 @@ func newDomain(cfg DomainConfig, lvmPath string, log zerolog.Logger) *domain {
 
 // enqueue takes a request from the mailbox; it returns at once.
 func (d *domain) enqueue(ctx context.Context, req mailbox.Request, reply *mailbox.Reply) {
+	// A withdrawn request waiting for space is answered (dropped) at once. The
+	// mailbox also ends the context of each request it has the answer of: that
+	// wake-up is stopped once the worker answers (no round for nothing).
+	j := &job{ctx: ctx, req: req, reply: reply, found: time.Now(), unwake: context.AfterFunc(ctx, d.wake)}
 	d.mu.Lock()
-	d.incoming = append(d.incoming, &job{ctx: ctx, req: req, reply: reply, found: time.Now()})
+	d.incoming = append(d.incoming, j)
 	d.snap.Requests++
 	d.mu.Unlock()
-	// A withdrawn request waiting for space is answered (dropped) at once.
-	context.AfterFunc(ctx, d.wake)
 	d.wake()
 }
 
@@ -185,6 +189,7 @@ func (d *domain) run() {
 			return // select picks at random among ready cases: stop goes first
 		}
 		d.serve()
+		d.refresh()
 		// Polls only while requests wait (a new one kicks the worker); while the
 		// VG cannot be read (with no devices, each read is a scan), backing off.
 		poll = nil
@@ -192,6 +197,26 @@ func (d *domain) run() {
 		if len(d.pending) > 0 {
 			poll = time.After(max(d.cfg.SpacePoll, d.retry))
 		}
+	}
+}
+
+// refresh reads the VG's metadata again after a round that changed it, while no
+// request is queued: the read the next round would do (the whole metadata, the
+// cache seeing the header moved), done between requests instead of before the
+// next. The next round still checks the header: a change by anyone since is seen.
+func (d *domain) refresh() {
+	if !d.wrote || d.stopping() {
+		return
+	}
+	d.mu.Lock()
+	queued := len(d.incoming) > 0
+	d.mu.Unlock()
+	if queued {
+		return // the next round reads it at once
+	}
+	d.wrote = false
+	if vg, _, err := d.readVG(); err == nil {
+		d.publish(vg, vgSpace(vg, d.cfg.Reserve))
 	}
 }
 
@@ -254,6 +279,9 @@ func (d *domain) serve() {
 			break
 		}
 		d.serveOne(j, vg, &sp, extents)
+		if len(d.pending) == 0 || d.pending[len(d.pending)-1] != j {
+			j.unwake() // answered
+		}
 	}
 	d.publish(vg, sp)
 }
@@ -372,6 +400,7 @@ func (d *domain) grant(j *job, extents uint64, sp *space, log zerolog.Logger) {
 // extend runs lvextend to exactly want extents, seeing only the domain's PVs.
 func (d *domain) extend(volume string, want uint64) error {
 	d.count(func(c *Counters) { c.LVMCommands++ })
+	d.wrote = true // even when it fails: lvm may have committed before failing
 	args := append([]string{"lvextend"}, lvmArgs(d.devices)...)
 	return d.shell.run(append(args, "-l", strconv.FormatUint(want, 10), d.cfg.VG+"/"+volume)...)
 }
