@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -259,28 +260,24 @@ var interruptible = sync.OnceValue(func() error {
 })
 
 // interruptOnDone signals thread tid every millisecond once ctx has ended,
-// until stop, which returns when no more signals will be sent.
+// until stop, which returns when no more signals will be sent. Until ctx ends
+// it costs no goroutine: the common swap ends long before its bound.
 func interruptOnDone(ctx context.Context, tid int) (stop func()) {
-	done, stopped := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(stopped)
-		select {
-		case <-done:
-			return
-		case <-ctx.Done():
-		}
-		tick := time.NewTicker(time.Millisecond)
-		defer tick.Stop()
-		for {
+	var finished atomic.Bool
+	signalled := make(chan struct{})
+	stopSignals := context.AfterFunc(ctx, func() {
+		defer close(signalled)
+		for !finished.Load() {
 			unix.Tgkill(unix.Getpid(), tid, interruptSignal)
-			select {
-			case <-done:
-				return
-			case <-tick.C:
-			}
+			time.Sleep(time.Millisecond)
 		}
-	}()
-	return func() { close(done); <-stopped }
+	})
+	return func() {
+		finished.Store(true)
+		if !stopSignals() { // ctx ended: wait for the signalling to stop
+			<-signalled
+		}
+	}
 }
 
 // Version asks the kernel for its ioctl interface version.
