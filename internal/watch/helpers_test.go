@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"unsafe"
 
@@ -33,8 +34,27 @@ func requireBPF(t testing.TB) {
 
 // testPinDir is a pin directory of the test's own, so tests never touch a running agent's.
 func testPinDir(t testing.TB) string {
+	sweepTestPins.Do(removeDeadTestPins)
 	name := strings.NewReplacer("/", "-", " ", "-").Replace(t.Name())
 	return filepath.Join(bpfFSPath, fmt.Sprintf("lvwatch-test-%d-%s", os.Getpid(), name))
+}
+
+var sweepTestPins sync.Once
+
+// removeDeadTestPins removes the pin directories of test processes that were
+// killed before their cleanup: their program would stay attached, and every
+// bio on the machine would pay for it.
+func removeDeadTestPins() {
+	dirs, _ := filepath.Glob(filepath.Join(bpfFSPath, "lvwatch-test-*"))
+	for _, dir := range dirs {
+		var pid int
+		if _, err := fmt.Sscanf(filepath.Base(dir), "lvwatch-test-%d-", &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
+			os.RemoveAll(dir)
+		}
+	}
 }
 
 // mustOpen opens a watcher with opts, for tests that close and open it again.
