@@ -55,16 +55,20 @@ func identity(d Dev) (uint64, error) {
 	return diskSeq(dir)
 }
 
-// present reports whether the device exists, with its diskseq.
+// present reports whether the device exists, with its diskseq. Read reads
+// it for every event, so the common case costs one file read.
 func (d Dev) present() (bool, uint64, error) {
 	dir := d.sysfsDir()
+	if seq, err := diskSeq(dir); seq != 0 || err != nil {
+		return err == nil, seq, err
+	}
+	// No diskseq: an old kernel, or no such device.
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return false, 0, nil
 	} else if err != nil {
 		return false, 0, fmt.Errorf("%s: %w", d, err)
 	}
-	seq, err := diskSeq(dir)
-	return true, seq, err
+	return true, 0, nil
 }
 
 // diskSeq reads the kernel's diskseq (5.15 and later): a number that a new
