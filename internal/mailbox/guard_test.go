@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/lvwatch/lvwatch/internal/lvm/lvmtest"
+	"github.com/lvwatch/lvwatch/internal/testutil"
 	"github.com/rs/zerolog"
 )
 
@@ -108,29 +109,11 @@ func TestWithdrawnRequestResentElsewhere(t *testing.T) {
 	waitNoError(t, done, "no reply to the request sent again")
 }
 
-// lines is a log destination that counts messages.
-type lines struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lines) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), s)
-}
-
 // A host writing ever new bad checksums or unknown opcodes gets one warning per
 // interval, not one per content.
 func TestSPMLogsRepeatsOnce(t *testing.T) {
 	inbox, outbox := testVolumes(t)
-	log := &lines{}
+	log := &testutil.LogBuffer{}
 	s, err := OpenSPM(SPMConfig{Inbox: inbox, Outbox: outbox, Handler: &recorder{}, Log: zerolog.New(log), ScanInterval: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +141,7 @@ func TestSPMLogsRepeatsOnce(t *testing.T) {
 		waitFor(t, patience, "the unknown message", func() bool { return s.Stats().BadMessages > n })
 	}
 	for _, msg := range []string{"checksum mismatch", "unknown message type"} {
-		if n := log.count(msg); n != 1 {
+		if n := len(log.Lines(msg)); n != 1 {
 			t.Errorf("%q logged %d times, want once", msg, n)
 		}
 	}

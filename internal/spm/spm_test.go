@@ -8,14 +8,13 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/lvwatch/lvwatch/internal/mailbox"
+	"github.com/lvwatch/lvwatch/internal/testutil"
 )
 
 // 16 host processes at once, each asking for its own LV below, at and above its
@@ -64,30 +63,6 @@ func TestConcurrentHosts(t *testing.T) {
 	d.vgck()
 }
 
-// logBuffer collects log lines for the test to read.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) lines(substr string) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []string
-	for _, line := range strings.Split(l.buf.String(), "\n") {
-		if strings.Contains(line, substr) {
-			out = append(out, line)
-		}
-	}
-	return out
-}
-
 // Hostile requests get a failure reply and one log line with the reason, and the
 // VG's metadata is not touched (same seqno).
 func TestRefusals(t *testing.T) {
@@ -95,7 +70,7 @@ func TestRefusals(t *testing.T) {
 	lv := newUUID(t)
 	d.createLVs(8, lv)
 	before := d.readVG().Seqno
-	var logs logBuffer
+	var logs testutil.LogBuffer
 	s, err := Start(Config{
 		Domains: []DomainConfig{{VG: d.vg, Inbox: d.inbox, Outbox: d.outbox, Devices: d.pvs, MaxLVSize: 220 << 20, Reserve: 64 << 20}},
 		Log:     zerolog.New(&logs),
@@ -127,8 +102,8 @@ func TestRefusals(t *testing.T) {
 		if !errors.Is(err, mailbox.ErrExtendFailed) {
 			t.Errorf("%s: %v, want a failure reply", tc.name, err)
 		}
-		if n := len(logs.lines(tc.reason)); n != 1 {
-			t.Errorf("%s: %d log lines with %q, want 1:\n%s", tc.name, n, tc.reason, logs.buf.String())
+		if n := len(logs.Lines(tc.reason)); n != 1 {
+			t.Errorf("%s: %d log lines with %q, want 1:\n%s", tc.name, n, tc.reason, logs.String())
 		}
 	}
 	if after := d.readVG().Seqno; after != before {

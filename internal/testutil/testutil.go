@@ -3,6 +3,8 @@ package testutil
 
 import (
 	"os"
+	"strings"
+	"sync"
 	"testing"
 )
 
@@ -36,4 +38,34 @@ func RequireFile(t testing.TB, path, feature string) {
 	if _, err := os.Stat(path); err != nil {
 		SkipOrFail(t, feature+" unavailable: "+err.Error())
 	}
+}
+
+// LogBuffer collects a logger's lines for a test to read; safe for concurrent writers.
+type LogBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// String returns everything written.
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// Lines returns the lines that contain substr.
+func (l *LogBuffer) Lines(substr string) []string {
+	var out []string
+	for _, line := range strings.Split(l.String(), "\n") {
+		if strings.Contains(line, substr) {
+			out = append(out, line)
+		}
+	}
+	return out
 }
