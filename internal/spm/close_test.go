@@ -94,16 +94,22 @@ func TestMailboxIdentity(t *testing.T) {
 	if err := os.WriteFile(elsewhere, make([]byte, 4096), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for name, bad := range map[string]DomainConfig{
-		"one inbox, two outboxes": {VG: other.VG, Inbox: linkIn, Outbox: elsewhere},
-		"one outbox, two inboxes": {VG: other.VG, Inbox: elsewhere, Outbox: linkOut},
-		"inbox without outbox":    {VG: other.VG, Inbox: linkIn},
+	for name, bad := range map[string]struct {
+		cfg  DomainConfig
+		want string
+	}{
+		"one inbox, two outboxes":   {DomainConfig{VG: other.VG, Inbox: linkIn, Outbox: elsewhere}, "already paired"},
+		"one outbox, two inboxes":   {DomainConfig{VG: other.VG, Inbox: elsewhere, Outbox: linkOut}, "already serves another inbox"},
+		"inbox and outbox swapped":  {DomainConfig{VG: other.VG, Inbox: linkOut, Outbox: linkIn}, "of the other kind"},
+		"outbox is another's inbox": {DomainConfig{VG: other.VG, Inbox: elsewhere, Outbox: linkIn}, "of the other kind"},
+		"inbox without outbox":      {DomainConfig{VG: other.VG, Inbox: linkIn}, "outbox"},
 	} {
-		if s, err := Start(Config{Domains: []DomainConfig{d.config(), bad}}); err == nil {
+		s, err := Start(Config{Domains: []DomainConfig{d.config(), bad.cfg}})
+		if err == nil {
 			s.Close()
 			t.Errorf("%s: started", name)
-		} else {
-			t.Logf("%s: %v", name, err)
+		} else if !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s: %v, want an error with %q", name, err, bad.want)
 		}
 	}
 }

@@ -200,6 +200,7 @@ func (s *shell) hasExited() bool {
 // errors returns the error messages of the last command: lvm's lastlog, or
 // what it printed when that fails.
 func (s *shell) errors() string {
+	printed := s.tail.String() // send clears it for lastlog's own output
 	rows, err := s.send("lastlog --select log_type=error")
 	var msgs []string
 	if err == nil {
@@ -208,7 +209,7 @@ func (s *shell) errors() string {
 		}
 	}
 	if len(msgs) == 0 {
-		return s.tail.String()
+		return printed
 	}
 	return strings.Join(msgs, "; ")
 }

@@ -114,8 +114,14 @@ func Start(cfg Config) (*SPM, error) {
 			return nil, fmt.Errorf("spm: domain %s: inbox %s and outbox %s are the same volume", dc.VG, dc.Inbox, dc.Outbox)
 		}
 		r := routes[in]
+		_, outIsInbox := routes[out]
+		_, inIsOutbox := outboxes[in]
+		_, outTaken := outboxes[out]
 		switch {
-		case r == nil && outboxes[out] != (volumeID{}):
+		case outIsInbox || inIsOutbox:
+			// Each mailbox zeroes its outbox at start: one would wipe the other's inbox.
+			return nil, fmt.Errorf("spm: domain %s: inbox %s and outbox %s: one of them is another domain's volume of the other kind", dc.VG, dc.Inbox, dc.Outbox)
+		case r == nil && outTaken:
 			return nil, fmt.Errorf("spm: domain %s: outbox %s already serves another inbox than %s", dc.VG, dc.Outbox, dc.Inbox)
 		case r == nil:
 			r = &mailboxRoute{inbox: dc.Inbox, outbox: dc.Outbox, outboxID: out, domains: map[string]*domain{}, owner: s}

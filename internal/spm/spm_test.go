@@ -217,9 +217,8 @@ func TestFullVGWaitsForSpace(t *testing.T) {
 	if r := host.wait(t); len(r) != 1 || r[0].Err != "" || r[0].Granted != 100 {
 		t.Fatalf("after the first vgextend, a: %+v", r)
 	}
-	if waiting(s) != 1 {
-		t.Fatalf("after the first vgextend %d requests wait, want b alone", waiting(s))
-	}
+	// The snapshot is published after the reply went out.
+	waitFor(t, "b alone to wait after the first vgextend", func() bool { return waiting(s) == 1 })
 	if r := vdsm.reply(); r.Slot(0).Kind() != mailbox.KindEmpty {
 		t.Fatalf("b was answered before it fits: % x", r.Slot(0))
 	}
