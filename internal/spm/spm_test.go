@@ -308,10 +308,16 @@ func TestKillSPM(t *testing.T) {
 	}
 	prev := d.sizesMiB()
 	busy, grew := 0, 0
-	for round := range rounds {
+	// Past 50 rounds only while no kill has hit an extend yet, with a wider
+	// window: on a loaded machine the SPM may take longer to get to work.
+	for round := 0; round < rounds || busy == 0 && round < 2*rounds; round++ {
 		p := d.startSPMProc(Config{}, logPath)
 		// A random point: the SPM is mid-scan, mid-lvextend or between replies.
-		time.Sleep(time.Duration(rand.IntN(30)) * time.Millisecond)
+		window := 30
+		if busy == 0 && round >= rounds/2 {
+			window = 100
+		}
+		time.Sleep(time.Duration(rand.IntN(window)) * time.Millisecond)
 		shells := p.children(t)
 		p.kill()
 		atKill := d.readVG()
@@ -329,9 +335,9 @@ func TestKillSPM(t *testing.T) {
 		}
 		prev = now
 	}
-	t.Logf("%d of %d SPMs killed mid-extend; %d LV extensions across the rounds", busy, rounds, grew)
+	t.Logf("%d SPMs killed mid-extend; %d LV extensions across the rounds", busy, grew)
 	if busy == 0 {
-		t.Errorf("no SPM of %d was killed with an extend under way: the kills tested nothing", rounds)
+		t.Errorf("no SPM of %d was killed with an extend under way: the kills tested nothing", 2*rounds)
 	}
 	p := d.startSPMProc(Config{}, logPath)
 	defer p.kill()
