@@ -48,6 +48,8 @@ type domain struct {
 	pending []*job        // waiting for space, oldest first
 	readErr bool          // the last VG read failed (logged once until one succeeds)
 	retry   time.Duration // the wait before the next read while reads fail
+	retryAt time.Time     // while reads fail: no read before this (the last read's end + retry)
+	reads   int           // metadata reads (readVGOnce), for the tests
 	warned  vgVersion     // the metadata whose missing PVs and warnings were logged
 	judged  vgVersion     // the metadata d.pending was last judged against
 	wrote   bool          // the last round ran an lvextend: the cached metadata is stale
@@ -188,16 +190,43 @@ func (d *domain) run() {
 		if d.stopping() {
 			return // select picks at random among ready cases: stop goes first
 		}
-		d.serve()
-		d.refresh()
-		// Polls only while requests wait (a new one kicks the worker); while the
-		// VG cannot be read (with no devices, each read is a scan), backing off.
 		poll = nil
-		d.retry = nextRetry(d.retry, d.readErr)
-		if len(d.pending) > 0 {
-			poll = time.After(max(d.cfg.SpacePoll, d.retry))
+		if wait := d.round(); wait > 0 {
+			poll = time.After(wait)
 		}
 	}
+}
+
+// round serves what the worker was woken for and returns when to look again (0:
+// only when woken). Polls only while requests wait (a new one kicks the worker);
+// while the VG cannot be read (with no devices, each read is a full scan), no read
+// runs before d.retryAt: new requests and withdrawals that wake the worker then are
+// queued or answered without one.
+func (d *domain) round() time.Duration {
+	if d.readErr && time.Now().Before(d.retryAt) {
+		d.hold()
+	} else {
+		d.serve()
+		d.refresh()
+	}
+	switch {
+	case len(d.pending) == 0:
+		return 0
+	case d.readErr:
+		return max(d.cfg.SpacePoll, time.Until(d.retryAt), time.Nanosecond)
+	default:
+		return d.cfg.SpacePoll
+	}
+}
+
+// hold queues what came while reads back off, answering only the withdrawn.
+func (d *domain) hold() {
+	d.mu.Lock()
+	incoming := d.incoming
+	d.incoming = nil
+	d.mu.Unlock()
+	d.pending = d.dropWithdrawn(append(d.pending, incoming...))
+	d.publish(nil, space{})
 }
 
 // refresh reads the VG's metadata again after a round that changed it, while no
@@ -252,6 +281,8 @@ func (d *domain) serve() {
 			d.log.Error().Err(err).Msg("cannot read the VG's metadata; requests wait until it reads again")
 		}
 		d.readErr = true
+		d.retry = nextRetry(d.retry, true)
+		d.retryAt = time.Now().Add(d.retry)
 		d.pending = append(d.pending, incoming...)
 		d.publish(nil, space{})
 		return
@@ -260,6 +291,7 @@ func (d *domain) serve() {
 		d.log.Info().Msg("VG metadata readable again")
 		d.readErr = false
 	}
+	d.retry = nextRetry(d.retry, false)
 	// Not the cache's "changed": a read within the last round (after a failed
 	// lvextend) may have seen the change already, and requests put back then were
 	// judged against the round's older metadata.
@@ -448,6 +480,7 @@ func (d *domain) warnMissing(vg *lvm.VG) {
 func (d *domain) readVGOnce() (*lvm.VG, bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
 	defer cancel()
+	d.reads++
 	if d.devices == nil {
 		return d.scan(ctx)
 	}

@@ -1,12 +1,15 @@
 package spm
 
 import (
+	"context"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/lvwatch/lvwatch/internal/lvm"
+	"github.com/lvwatch/lvwatch/internal/mailbox"
 	"github.com/lvwatch/lvwatch/internal/testutil"
 )
 
@@ -51,5 +54,33 @@ func TestNextRetry(t *testing.T) {
 	}
 	if nextRetry(d, false) != 0 {
 		t.Error("a read that worked keeps the backoff")
+	}
+}
+
+// While the VG cannot be read, new requests wake the worker but are only queued:
+// no read runs before the last one's end plus the backoff.
+func TestReadErrorHoldsRequests(t *testing.T) {
+	d := newDomain(DomainConfig{VG: "lvw-no-such-vg", Devices: []string{filepath.Join(t.TempDir(), "no-such-pv")}, SpacePoll: time.Millisecond}, "lvm", zerolog.Nop())
+	d.enqueue(context.Background(), mailbox.Request{HostID: 1}, &mailbox.Reply{})
+	if wait := d.round(); d.reads != 1 || !d.readErr || len(d.pending) != 1 || wait <= 0 {
+		t.Fatalf("the first round: %d reads, read error %v, %d pending, next look in %v", d.reads, d.readErr, len(d.pending), wait)
+	}
+	d.retryAt = time.Now().Add(time.Hour) // a backoff that cannot end during the test
+	for i := range 5 {
+		d.enqueue(context.Background(), mailbox.Request{HostID: 2, Slot: i}, &mailbox.Reply{})
+		if wait := d.round(); wait < time.Minute {
+			t.Fatalf("a request during the backoff: next look in %v, not at its end", wait)
+		}
+	}
+	if d.reads != 1 || len(d.pending) != 6 {
+		t.Fatalf("during the backoff: %d reads (want 1), %d pending (want 6)", d.reads, len(d.pending))
+	}
+	if n := len(d.status().WaitingOnSpace); n != 6 {
+		t.Errorf("status: %d requests waiting, want 6", n)
+	}
+	d.retryAt = time.Now()
+	d.round()
+	if d.reads != 2 || len(d.pending) != 6 || d.retry != 2*minRetry {
+		t.Fatalf("after the backoff: %d reads (want 2), %d pending, next retry %v (want %v)", d.reads, len(d.pending), d.retry, 2*minRetry)
 	}
 }
