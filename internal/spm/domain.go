@@ -44,15 +44,17 @@ type domain struct {
 	done   chan struct{}
 
 	// Owned by the worker.
-	devices []string
-	pending []*job        // waiting for space, oldest first
-	readErr bool          // the last VG read failed (logged once until one succeeds)
-	retry   time.Duration // the wait before the next read while reads fail
-	retryAt time.Time     // while reads fail: no read before this (the last read's end + retry)
-	reads   int           // metadata reads (readVGOnce), for the tests
-	warned  vgVersion     // the metadata whose missing PVs and warnings were logged
-	judged  vgVersion     // the metadata d.pending was last judged against
-	wrote   bool          // the last round ran an lvextend: the cached metadata is stale
+	devices  []string
+	pending  []*job        // waiting for space, oldest first
+	readErr  bool          // the last VG read failed (logged once until one succeeds)
+	retry    time.Duration // the wait before the next read while reads fail
+	retryAt  time.Time     // while reads fail: no read before this (the last read's end + retry)
+	reads    int           // metadata reads (readVGOnce), for the tests
+	sought   []string      // the missing PV ids last searched for, sorted
+	soughtAt time.Time     // when
+	warned   vgVersion     // the metadata whose missing PVs and warnings were logged
+	judged   vgVersion     // the metadata d.pending was last judged against
+	wrote    bool          // the last round ran an lvextend: the cached metadata is stale
 
 	mu       sync.Mutex
 	incoming []*job
@@ -458,8 +460,8 @@ type vgVersion struct {
 func versionOf(vg *lvm.VG) vgVersion { return vgVersion{vg.ID, vg.Seqno} }
 
 // warnMissing logs, once per metadata version, the PVs the metadata names but
-// this host did not find, and what else the read found wrong. Each new version is
-// looked for again (readVGOnce), so a fix by the operator is seen at the next change.
+// this host did not find, and what else the read found wrong. Missing PVs are
+// looked for again when the set missing changes, or searchAgain after the last search (readVGOnce).
 func (d *domain) warnMissing(vg *lvm.VG) {
 	if versionOf(vg) == d.warned {
 		return
@@ -490,6 +492,9 @@ func (d *domain) readVGOnce() (*lvm.VG, bool, error) {
 	}
 	if cached || !missingPVs(vg) {
 		return vg, !cached, nil
+	}
+	if !d.searchDue(vg, time.Now()) {
+		return vg, true, nil // searched for these already, a moment ago
 	}
 	if d.cfg.Devices == nil {
 		return d.scan(ctx)
@@ -531,6 +536,28 @@ func (d *domain) adopt(vg *lvm.VG) {
 	}
 	d.devices = devices
 	d.cache.Put(vg, devices)
+}
+
+// searchAgain is how often PVs still missing are searched for again while the
+// metadata changes (each change, the SPM's own extends included, would otherwise
+// cost a search: a full scan with no devices configured).
+const searchAgain = 5 * time.Second
+
+// searchDue reports whether the PVs vg misses are to be searched for now: when they
+// are not the ones searched for last, or that was searchAgain ago; it records the search.
+func (d *domain) searchDue(vg *lvm.VG, now time.Time) bool {
+	var ids []string
+	for _, pv := range vg.PVs {
+		if pv.Device == "" {
+			ids = append(ids, pv.ID)
+		}
+	}
+	slices.Sort(ids)
+	if slices.Equal(ids, d.sought) && now.Sub(d.soughtAt) < searchAgain {
+		return false
+	}
+	d.sought, d.soughtAt = ids, now
+	return true
 }
 
 func missingPVs(vg *lvm.VG) bool {

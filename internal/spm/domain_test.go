@@ -84,3 +84,36 @@ func TestReadErrorHoldsRequests(t *testing.T) {
 		t.Fatalf("after the backoff: %d reads (want 2), %d pending, next retry %v (want %v)", d.reads, len(d.pending), d.retry, 2*minRetry)
 	}
 }
+
+// PVs still missing are searched for again only when the set missing changes, or
+// searchAgain after the last search: not at each new metadata version.
+func TestSearchDue(t *testing.T) {
+	d := &domain{}
+	vg := func(missing ...string) *lvm.VG {
+		v := &lvm.VG{PVs: []lvm.PV{{ID: "found", Device: "/dev/sda"}}}
+		for _, id := range missing {
+			v.PVs = append(v.PVs, lvm.PV{ID: id})
+		}
+		return v
+	}
+	now := time.Now()
+	steps := []struct {
+		vg    *lvm.VG
+		after time.Duration
+		want  bool
+	}{
+		{vg("b", "a"), 0, true},
+		{vg("a", "b"), time.Second, false}, // the same set, in another order
+		{vg("a", "b"), 2 * time.Second, false},
+		{vg("a"), 2 * time.Second, true}, // b was found
+		{vg("a", "c"), 0, true},          // another went missing
+		{vg("a", "c"), searchAgain - time.Nanosecond, false},
+		{vg("a", "c"), searchAgain, true},
+	}
+	for i, s := range steps {
+		now = now.Add(s.after)
+		if got := d.searchDue(s.vg, now); got != s.want {
+			t.Fatalf("step %d: search %v, want %v", i, got, s.want)
+		}
+	}
+}
