@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lvwatch/lvwatch/internal/backoff"
 	"github.com/lvwatch/lvwatch/internal/process"
 	"github.com/rs/zerolog"
 )
@@ -106,9 +107,9 @@ type Host struct {
 	byMsg     map[Message]*request // queued or in flight, not yet answered: for coalescing
 	dirty     bool                 // mbox differs from what is on disk
 	lastSend  time.Time
-	sendWait  backoff
+	sendWait  backoff.Backoff
 	retryAt   time.Time // no send before this, after a write failed
-	readWait  backoff
+	readWait  backoff.Backoff
 	readPause time.Time // no poll before this, after a read failed
 }
 
@@ -364,7 +365,7 @@ func (h *Host) start() bool {
 			return true
 		}
 		h.stats.ioErrors.Add(1)
-		d := wait.next()
+		d := wait.Next()
 		h.log.Error().Err(err).Dur("retry_in", d).Msg("cannot clear the host's mailbox")
 		h.mu.Lock()
 		closing := h.closeCtx != nil
@@ -515,12 +516,12 @@ func (h *Host) inFlight() bool {
 func (h *Host) poll() {
 	if err := h.readOutbox(); err != nil {
 		h.stats.ioErrors.Add(1)
-		wait := h.readWait.next()
+		wait := h.readWait.Next()
 		h.readPause = time.Now().Add(wait)
 		h.log.Warn().Err(err).Dur("retry_in", wait).Msg("cannot read replies")
 		return
 	}
-	h.readWait.reset()
+	h.readWait.Reset()
 	h.advance()
 }
 
@@ -583,12 +584,12 @@ func (h *Host) readOutbox() error {
 func (h *Host) send(now time.Time) {
 	if err := h.write(); err != nil {
 		h.stats.ioErrors.Add(1)
-		wait := h.sendWait.next()
+		wait := h.sendWait.Next()
 		h.retryAt = now.Add(wait)
 		h.log.Error().Err(err).Dur("retry_in", wait).Msg("cannot write the mailbox")
 		return
 	}
-	h.sendWait.reset()
+	h.sendWait.Reset()
 	h.dirty = false
 	h.lastSend = now
 }

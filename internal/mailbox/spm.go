@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/lvwatch/lvwatch/internal/backoff"
 )
 
 // Request is an extend request the SPM found in a host's mailbox.
@@ -200,8 +202,8 @@ type SPM struct {
 	notices    [NumMailboxes][noticeKinds]notice
 	lastEvent  [20]byte
 	lastActive time.Time
-	writeRetry backoff
-	readRetry  backoff
+	writeRetry backoff.Backoff
+	readRetry  backoff.Backoff
 	readPause  time.Time // no polls or scans before this, after a read failed
 }
 
@@ -463,7 +465,7 @@ func (s *SPM) retry(what string, op func() error) bool {
 			return true
 		}
 		s.stats.ioErrors.Add(1)
-		wait := b.next()
+		wait := b.Next()
 		s.log.Error().Err(err).Dur("retry_in", wait).Msg("cannot " + what)
 		select {
 		case <-s.ctx.Done():
@@ -478,12 +480,12 @@ func (s *SPM) retry(what string, op func() error) bool {
 func (s *SPM) read(v *Volume, buf []byte, off int64, what string) bool {
 	if err := v.ReadAt(buf, off); err != nil {
 		s.stats.ioErrors.Add(1)
-		wait := s.readRetry.next()
+		wait := s.readRetry.Next()
 		s.readPause = time.Now().Add(wait)
 		s.log.Warn().Err(err).Dur("retry_in", wait).Msg("cannot read " + what)
 		return false
 	}
-	s.readRetry.reset()
+	s.readRetry.Reset()
 	return true
 }
 
@@ -704,7 +706,7 @@ func (s *SPM) flush(retryAt *time.Time) {
 		off := blockOffset(id)
 		if err := s.out.WriteAt(s.outbox[off:off+BlockSize], off); err != nil {
 			s.stats.ioErrors.Add(1)
-			wait := s.writeRetry.next()
+			wait := s.writeRetry.Next()
 			*retryAt = time.Now().Add(wait)
 			s.log.Error().Err(err).Int("host", id).Dur("retry_in", wait).Msg("cannot write replies")
 			return
@@ -718,7 +720,7 @@ func (s *SPM) flush(retryAt *time.Time) {
 			h.Poke()
 		}
 	}
-	s.writeRetry.reset()
+	s.writeRetry.Reset()
 	*retryAt = time.Time{}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/lvwatch/lvwatch/internal/backoff"
 	"github.com/lvwatch/lvwatch/internal/signature"
 	"golang.org/x/sys/unix"
 )
@@ -200,20 +201,8 @@ func blockOffset(id int) int64 { return int64(id) * BlockSize }
 // Init zeroes the used area of a volume: every mailbox and the events block.
 func (v *Volume) Init() error { return v.WriteAt(AlignedBuffer(UsedSize), 0) }
 
-// backoff paces retries after I/O errors: it doubles from min to max and resets on success.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func newBackoff() backoff { return backoff{min: 10 * time.Millisecond, max: 5 * time.Second} }
-
-// next returns how long to wait before the next try.
-func (b *backoff) next() time.Duration {
-	b.cur = min(max(2*b.cur, b.min), b.max)
-	return b.cur
-}
-
-func (b *backoff) reset() { b.cur = 0 }
+// newBackoff paces retries after I/O errors: from 10 ms, doubling up to 5 s.
+func newBackoff() backoff.Backoff { return backoff.New(10*time.Millisecond, 5*time.Second) }
 
 // openVolumes opens an inbox and an outbox, closing the first if the second fails.
 func openVolumes(inbox, outbox string, opts VolumeOptions) (in, out *Volume, err error) {

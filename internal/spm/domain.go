@@ -11,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/lvwatch/lvwatch/internal/backoff"
 	"github.com/lvwatch/lvwatch/internal/lvm"
 	"github.com/lvwatch/lvwatch/internal/mailbox"
 	"github.com/lvwatch/lvwatch/internal/size"
@@ -45,16 +46,16 @@ type domain struct {
 
 	// Owned by the worker.
 	devices  []string
-	pending  []*job        // waiting for space, oldest first
-	readErr  bool          // the last VG read failed (logged once until one succeeds)
-	retry    time.Duration // the wait before the next read while reads fail
-	retryAt  time.Time     // while reads fail: no read before this (the last read's end + retry)
-	reads    int           // metadata reads (readVGOnce), for the tests
-	sought   []string      // the missing PV ids last searched for, sorted
-	soughtAt time.Time     // when
-	warned   vgVersion     // the metadata whose missing PVs and warnings were logged
-	judged   vgVersion     // the metadata d.pending was last judged against
-	wrote    bool          // the last round ran an lvextend: the cached metadata is stale
+	pending  []*job          // waiting for space, oldest first
+	readErr  bool            // the last VG read failed (logged once until one succeeds)
+	retry    backoff.Backoff // the wait before the next read while reads fail
+	retryAt  time.Time       // while reads fail: no read before this (the last read's end + retry)
+	reads    int             // metadata reads (readVGOnce), for the tests
+	sought   []string        // the missing PV ids last searched for, sorted
+	soughtAt time.Time       // when
+	warned   vgVersion       // the metadata whose missing PVs and warnings were logged
+	judged   vgVersion       // the metadata d.pending was last judged against
+	wrote    bool            // the last round ran an lvextend: the cached metadata is stale
 
 	mu       sync.Mutex
 	incoming []*job
@@ -107,6 +108,7 @@ func newDomain(cfg DomainConfig, lvmPath string, log zerolog.Logger) *domain {
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 		devices: cfg.Devices,
+		retry:   backoff.New(minRetry, maxRetry),
 	}
 	d.snap.VG = cfg.VG
 	d.snap.ReserveBytes = cfg.Reserve
@@ -131,14 +133,6 @@ const (
 	minRetry = 10 * time.Millisecond
 	maxRetry = time.Second
 )
-
-// nextRetry is the wait after a read that failed (0 after one that worked).
-func nextRetry(prev time.Duration, failed bool) time.Duration {
-	if !failed {
-		return 0
-	}
-	return min(max(2*prev, minRetry), maxRetry)
-}
 
 func (d *domain) wake() {
 	select {
@@ -283,8 +277,7 @@ func (d *domain) serve() {
 			d.log.Error().Err(err).Msg("cannot read the VG's metadata; requests wait until it reads again")
 		}
 		d.readErr = true
-		d.retry = nextRetry(d.retry, true)
-		d.retryAt = time.Now().Add(d.retry)
+		d.retryAt = time.Now().Add(d.retry.Next())
 		d.pending = append(d.pending, incoming...)
 		d.publish(nil, space{})
 		return
@@ -293,7 +286,7 @@ func (d *domain) serve() {
 		d.log.Info().Msg("VG metadata readable again")
 		d.readErr = false
 	}
-	d.retry = nextRetry(d.retry, false)
+	d.retry.Reset()
 	// Not the cache's "changed": a read within the last round (after a failed
 	// lvextend) may have seen the change already, and requests put back then were
 	// judged against the round's older metadata.

@@ -38,25 +38,6 @@ func TestWarnMissingPV(t *testing.T) {
 	}
 }
 
-// Failed reads back off from 10 ms to a second; one that works resets it.
-func TestNextRetry(t *testing.T) {
-	var got []time.Duration
-	var d time.Duration
-	for range 9 {
-		d = nextRetry(d, true)
-		got = append(got, d)
-	}
-	want := []time.Duration{10, 20, 40, 80, 160, 320, 640, 1000, 1000}
-	for i := range want {
-		if got[i] != want[i]*time.Millisecond {
-			t.Fatalf("retries %v, want %v ms", got, want)
-		}
-	}
-	if nextRetry(d, false) != 0 {
-		t.Error("a read that worked keeps the backoff")
-	}
-}
-
 // While the VG cannot be read, new requests wake the worker but are only queued:
 // no read runs before the last one's end plus the backoff.
 func TestReadErrorHoldsRequests(t *testing.T) {
@@ -80,7 +61,7 @@ func TestReadErrorHoldsRequests(t *testing.T) {
 	}
 	d.retryAt = time.Now()
 	d.round()
-	if d.reads != 2 || len(d.pending) != 6 || d.retry != 2*minRetry {
+	if d.reads != 2 || len(d.pending) != 6 || d.retry.Current() != 2*minRetry {
 		t.Fatalf("after the backoff: %d reads (want 2), %d pending, next retry %v (want %v)", d.reads, len(d.pending), d.retry, 2*minRetry)
 	}
 }
