@@ -59,16 +59,16 @@ func TestAbandonedRequestsWithdrawn(t *testing.T) {
 			}
 		})
 	}
-	waitFor(t, patience, "every slot taken", func() bool { return h.Stats().Requests == MessagesPerMbox })
+	testutil.WaitFor(t, patience, "every slot taken", func() bool { return h.Stats().Requests == MessagesPerMbox })
 	giveUp()
 	wg.Wait()
-	waitFor(t, patience, "the abandoned requests withdrawn", func() bool {
+	testutil.WaitFor(t, patience, "the abandoned requests withdrawn", func() bool {
 		return h.Stats().Withdrawn == MessagesPerMbox && !hostBusy(h)
 	})
 
 	done := make(chan error, 1)
 	go func() { _, err := h.Extend(context.Background(), refDomain, volumeUUID(100), 100); done <- err }()
-	waitFor(t, patience, "the waited-for request", func() bool { return hostBusy(h) })
+	testutil.WaitFor(t, patience, "the waited-for request", func() bool { return hostBusy(h) })
 	time.Sleep(200 * time.Millisecond) // four times AbandonAfter
 	if n := h.Stats().Withdrawn; n != MessagesPerMbox {
 		t.Fatalf("%d requests withdrawn, want %d: one a caller waits for was withdrawn", n, MessagesPerMbox)
@@ -90,15 +90,15 @@ func TestWithdrawnRequestResentElsewhere(t *testing.T) {
 	t.Cleanup(func() { closeNow(h) })
 	ctx, giveUp := context.WithCancel(context.Background())
 	go func() { h.Extend(ctx, refDomain, volumeUUID(1), 100) }()
-	waitFor(t, patience, "the request placed", func() bool { return h.Stats().Requests == 1 })
+	testutil.WaitFor(t, patience, "the request placed", func() bool { return h.Stats().Requests == 1 })
 	giveUp()
-	waitFor(t, patience, "the request withdrawn", func() bool { return h.Stats().Withdrawn == 1 && !hostBusy(h) })
+	testutil.WaitFor(t, patience, "the request withdrawn", func() bool { return h.Stats().Withdrawn == 1 && !hostBusy(h) })
 
 	done := make(chan error, 1)
 	go func() { _, err := h.Extend(context.Background(), refDomain, volumeUUID(1), 100); done <- err }()
-	waitFor(t, patience, "the request sent again", func() bool { return h.Stats().Requests == 2 })
+	testutil.WaitFor(t, patience, "the request sent again", func() bool { return h.Stats().Requests == 2 })
 	r := openRaw(t, inbox, outbox)
-	waitFor(t, patience, "the request on disk", func() bool {
+	testutil.WaitFor(t, patience, "the request on disk", func() bool {
 		mb := r.read(r.in, id)
 		return mb.Slot(1).Kind() == KindExtend
 	})
@@ -128,7 +128,7 @@ func TestSPMLogsRepeatsOnce(t *testing.T) {
 		corrupt[checksumOffset] += byte(1 + i) // a new wrong checksum each time
 		n := s.Stats().BadChecksums
 		host.hostWrite(21, corrupt)
-		waitFor(t, patience, "the checksum mismatch", func() bool { return s.Stats().BadChecksums > n })
+		testutil.WaitFor(t, patience, "the checksum mismatch", func() bool { return s.Stats().BadChecksums > n })
 
 		unknown := good
 		copy(unknown[1:5], "mrge")
@@ -138,7 +138,7 @@ func TestSPMLogsRepeatsOnce(t *testing.T) {
 		mb.Seal()
 		n = s.Stats().BadMessages
 		host.hostWrite(22, mb)
-		waitFor(t, patience, "the unknown message", func() bool { return s.Stats().BadMessages > n })
+		testutil.WaitFor(t, patience, "the unknown message", func() bool { return s.Stats().BadMessages > n })
 	}
 	for _, msg := range []string{"checksum mismatch", "unknown message type"} {
 		if n := len(log.Lines(msg)); n != 1 {
@@ -168,15 +168,15 @@ func TestHandlerPlacesCapped(t *testing.T) {
 			}
 		})
 	}
-	waitFor(t, patience, "the host's requests", func() bool { return h.Stats().Requests == n })
+	testutil.WaitFor(t, patience, "the host's requests", func() bool { return h.Stats().Requests == n })
 	scans := s.Stats().FullScans
-	waitFor(t, patience, "three more scans", func() bool { return s.Stats().FullScans >= scans+3 })
+	testutil.WaitFor(t, patience, "three more scans", func() bool { return s.Stats().FullScans >= scans+3 })
 	if got := rec.count(); got != 5 {
 		t.Fatalf("handler holds %d requests, want MaxHandling = 5", got)
 	}
 	for i := range n {
 		var r *Reply
-		waitFor(t, patience, "the next request for the handler", func() bool {
+		testutil.WaitFor(t, patience, "the next request for the handler", func() bool {
 			rec.mu.Lock()
 			defer rec.mu.Unlock()
 			if len(rec.held) > i {
@@ -204,7 +204,7 @@ func TestRemoveLocal(t *testing.T) {
 	if _, err := h.Extend(context.Background(), refDomain, refVolume, 100); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, patience, "the handshake", func() bool { return !hostBusy(h) })
+	testutil.WaitFor(t, patience, "the handshake", func() bool { return !hostBusy(h) })
 	if s.Stats().HostReads == 0 {
 		t.Fatal("the co-located host never woke the SPM")
 	}
@@ -213,7 +213,7 @@ func TestRemoveLocal(t *testing.T) {
 	if _, err := h.Extend(context.Background(), refDomain, refVolume, 200); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, patience, "the handshake", func() bool { return !hostBusy(h) })
+	testutil.WaitFor(t, patience, "the handshake", func() bool { return !hostBusy(h) })
 	if got := s.Stats().HostReads; got != reads {
 		t.Errorf("the removed host woke the SPM: %d host reads, want %d", got, reads)
 	}
@@ -243,9 +243,9 @@ func TestProcessesSPMReassertsOutbox(t *testing.T) {
 		if step.want == echo {
 			host.hostWrite(refHost, refBlock(t, "host7-clean-mailbox.bin"))
 		}
-		waitFor(t, patience, step.what, func() bool { return host.read(host.out, refHost) == step.want })
+		testutil.WaitFor(t, patience, step.what, func() bool { return host.read(host.out, refHost) == step.want })
 		host.write(host.out, refHost, Mailbox{})
-		waitFor(t, patience, step.what+" written again", func() bool { return host.read(host.out, refHost) == step.want })
+		testutil.WaitFor(t, patience, step.what+" written again", func() bool { return host.read(host.out, refHost) == step.want })
 	}
 	// A mailbox this SPM has nothing in is another SPM's to write (one that took
 	// over): left alone, while an overwritten one of its own is written again.
@@ -253,7 +253,7 @@ func TestProcessesSPMReassertsOutbox(t *testing.T) {
 	foreign := reply
 	host.write(host.out, otherHost, foreign)
 	host.write(host.out, refHost, Mailbox{})
-	waitFor(t, patience, "the echo written again", func() bool { return host.read(host.out, refHost) == echo })
+	testutil.WaitFor(t, patience, "the echo written again", func() bool { return host.read(host.out, refHost) == echo })
 	if got := host.read(host.out, otherHost); got != foreign {
 		t.Errorf("the SPM overwrote a mailbox it has nothing in: %x...", got[:64])
 	}
@@ -287,6 +287,6 @@ func TestProcessesEventNoise(t *testing.T) {
 	}
 	host.hostWrite(refHost, refBlock(t, "host7-request-mailbox.bin"))
 	want := refBlock(t, "host7-reply-mailbox.bin")
-	waitFor(t, patience, "the reply", func() bool { return host.read(host.out, refHost) == want })
+	testutil.WaitFor(t, patience, "the reply", func() bool { return host.read(host.out, refHost) == want })
 	spm.stop(t)
 }

@@ -95,18 +95,6 @@ func (r *raw) hostWrite(id int, mb Mailbox) {
 	r.write(r.in, 0, EncodeEvent(EventID{byte(time.Now().UnixNano()), byte(id), 0xee}))
 }
 
-// waitFor polls cond until it holds, failing the test after timeout.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // waitNoError waits up to patience for done and fails the test on an error or
 // on the wait running out (what says what did not come).
 func waitNoError(t testing.TB, done <-chan error, what string) {

@@ -41,7 +41,7 @@ func TestHostSpeaksVdsm(t *testing.T) {
 	}()
 
 	wantRequest := marked(refBlock(t, "host7-request-mailbox.bin"))
-	waitFor(t, patience, "the request", func() bool { return spm.read(spm.in, refHost) == wantRequest })
+	testutil.WaitFor(t, patience, "the request", func() bool { return spm.read(spm.in, refHost) == wantRequest })
 	if _, ok := DecodeEvent(new(spm.read(spm.in, 0))); !ok {
 		t.Error("no events block after the request")
 	}
@@ -52,12 +52,12 @@ func TestHostSpeaksVdsm(t *testing.T) {
 		t.Fatalf("Extend = %d, %v; want %d", r.size, r.err, refExtend.SizeMiB)
 	}
 	wantClean := marked(refBlock(t, "host7-clean-mailbox.bin"))
-	waitFor(t, patience, "the CLEAN acknowledgement", func() bool { return spm.read(spm.in, refHost) == wantClean })
+	testutil.WaitFor(t, patience, "the CLEAN acknowledgement", func() bool { return spm.read(spm.in, refHost) == wantClean })
 
 	var echo Mailbox
 	echo.SetSlot(0, CleanMessage)
 	spm.write(spm.out, refHost, echo)
-	waitFor(t, patience, "the slot to be freed", func() bool { return spm.read(spm.in, refHost) == marked(Mailbox{}) })
+	testutil.WaitFor(t, patience, "the slot to be freed", func() bool { return spm.read(spm.in, refHost) == marked(Mailbox{}) })
 }
 
 // An lvwatch SPM against a host played by hand with vdsm's reference bytes.
@@ -68,11 +68,11 @@ func TestSPMSpeaksVdsm(t *testing.T) {
 	host.write(host.out, refHost, refBlock(t, "host7-clean-mailbox.bin"))
 	rec := &recorder{}
 	s := fastSPM(t, inbox, outbox, rec)
-	waitFor(t, patience, "the outbox to be zeroed", func() bool { return host.read(host.out, refHost) == Mailbox{} })
+	testutil.WaitFor(t, patience, "the outbox to be zeroed", func() bool { return host.read(host.out, refHost) == Mailbox{} })
 
 	host.hostWrite(refHost, refBlock(t, "host7-request-mailbox.bin"))
 	wantReply := refBlock(t, "host7-reply-mailbox.bin")
-	waitFor(t, patience, "the reply", func() bool { return host.read(host.out, refHost) == wantReply })
+	testutil.WaitFor(t, patience, "the reply", func() bool { return host.read(host.out, refHost) == wantReply })
 	if rec.count() != 1 || rec.requests[0] != (Request{HostID: refHost, Slot: 0, Extend: refExtend}) {
 		t.Fatalf("handler got %+v", rec.requests)
 	}
@@ -80,12 +80,12 @@ func TestSPMSpeaksVdsm(t *testing.T) {
 	host.hostWrite(refHost, refBlock(t, "host7-clean-mailbox.bin"))
 	var wantEcho Mailbox
 	wantEcho.SetSlot(0, CleanMessage)
-	waitFor(t, patience, "the CLEAN echo", func() bool { return host.read(host.out, refHost) == wantEcho })
+	testutil.WaitFor(t, patience, "the CLEAN echo", func() bool { return host.read(host.out, refHost) == wantEcho })
 
 	host.hostWrite(refHost, Mailbox{})
 	// Unchanged slots are never acted on again, however many scans pass.
 	scans := s.Stats().FullScans
-	waitFor(t, patience, "three more scans", func() bool { return s.Stats().FullScans >= scans+3 })
+	testutil.WaitFor(t, patience, "three more scans", func() bool { return s.Stats().FullScans >= scans+3 })
 	if n := rec.count(); n != 1 {
 		t.Errorf("handler called %d times, want 1", n)
 	}
@@ -99,7 +99,7 @@ func TestSPMServesHostsWithoutEvents(t *testing.T) {
 	fastSPM(t, inbox, outbox, rec)
 	host.write(host.in, refHost, refBlock(t, "host7-request-mailbox.bin"))
 	want := refBlock(t, "host7-reply-mailbox.bin")
-	waitFor(t, patience, "the reply", func() bool { return host.read(host.out, refHost) == want })
+	testutil.WaitFor(t, patience, "the reply", func() bool { return host.read(host.out, refHost) == want })
 	if _, ok := DecodeEvent(new(host.read(host.in, 0))); ok {
 		t.Error("an events block appeared")
 	}
@@ -143,7 +143,7 @@ func TestCoLocatedConcurrentExtends(t *testing.T) {
 	if st.Requests+st.Coalesced != distinct*callers || st.Coalesced == 0 {
 		t.Errorf("host stats %+v: want %d calls in all, some coalesced", st, distinct*callers)
 	}
-	waitFor(t, patience, "the mailbox to empty", func() bool { return !hostBusy(h) })
+	testutil.WaitFor(t, patience, "the mailbox to empty", func() bool { return !hostBusy(h) })
 }
 
 // hostBusy reports whether h's request mailbox on disk still holds a message: once every
@@ -195,7 +195,7 @@ func TestStaleReplyAfterCrash(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { _, err := h.Extend(context.Background(), refDomain, refVolume, refExtend.SizeMiB); done <- err }()
 	var in Mailbox
-	waitFor(t, patience, "the request", func() bool { in = spm.read(spm.in, refHost); return in.Slot(1) == request })
+	testutil.WaitFor(t, patience, "the request", func() bool { in = spm.read(spm.in, refHost); return in.Slot(1) == request })
 	if in.Slot(0).Kind() != KindEmpty {
 		t.Fatalf("slot 0 (stale reply) used: %x", in.Slot(0))
 	}
@@ -213,10 +213,10 @@ func TestStaleReplyAfterCrash(t *testing.T) {
 	spm.write(spm.out, refHost, out)
 	h = openTestHost(t, inbox, outbox, refHost)
 	go func() { _, err := h.Extend(context.Background(), refDomain, refVolume, refExtend.SizeMiB); done <- err }()
-	waitFor(t, patience, "a CLEAN in slot 0", func() bool { in = spm.read(spm.in, refHost); return in.Slot(0) == CleanMessage })
+	testutil.WaitFor(t, patience, "a CLEAN in slot 0", func() bool { in = spm.read(spm.in, refHost); return in.Slot(0) == CleanMessage })
 	out.SetSlot(0, CleanMessage)
 	spm.write(spm.out, refHost, out)
-	waitFor(t, patience, "the request in slot 0", func() bool { in = spm.read(spm.in, refHost); return in.Slot(0) == request })
+	testutil.WaitFor(t, patience, "the request in slot 0", func() bool { in = spm.read(spm.in, refHost); return in.Slot(0) == request })
 	out.SetSlot(0, stale)
 	spm.write(spm.out, refHost, out)
 	if err := <-done; err != nil {
@@ -241,7 +241,7 @@ func TestHostReplySizes(t *testing.T) {
 		done <- res{size, err}
 	}()
 	var in Mailbox
-	waitFor(t, patience, "the request", func() bool { in = spm.read(spm.in, 9); return in.Slot(0).Kind() == KindExtend })
+	testutil.WaitFor(t, patience, "the request", func() bool { in = spm.read(spm.in, 9); return in.Slot(0).Kind() == KindExtend })
 	var out Mailbox
 	out.SetSlot(0, replyFor(in.Slot(0), 2048))
 	spm.write(spm.out, 9, out)
@@ -268,7 +268,7 @@ func TestHostIdleDoesNoIO(t *testing.T) {
 	if _, err := h.Extend(context.Background(), refDomain, refVolume, 100); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, patience, "the handshake", func() bool { return !hostBusy(h) })
+	testutil.WaitFor(t, patience, "the handshake", func() bool { return !hostBusy(h) })
 	time.Sleep(20 * time.Millisecond) // the last poll of the handshake may still be due
 	before := h.Stats()
 	time.Sleep(300 * time.Millisecond)
@@ -290,12 +290,12 @@ func TestHeldRequestWithdrawn(t *testing.T) {
 		t.Fatalf("Extend = %v, want the deadline", err)
 	}
 	scans := s.Stats().FullScans
-	waitFor(t, patience, "more scans", func() bool { return s.Stats().FullScans >= scans+3 })
+	testutil.WaitFor(t, patience, "more scans", func() bool { return s.Stats().FullScans >= scans+3 })
 	if rec.count() != 1 || rec.cancels() != 0 {
 		t.Fatalf("held request: %d requests, %d cancelled; want 1, 0", rec.count(), rec.cancels())
 	}
 	closeNow(h) // clears the mailbox
-	waitFor(t, patience, "the withdrawal", func() bool { return rec.cancels() == 1 })
+	testutil.WaitFor(t, patience, "the withdrawal", func() bool { return rec.cancels() == 1 })
 	if err := rec.held[0].Grant(100); !errors.Is(err, ErrWithdrawn) {
 		t.Errorf("Grant after withdrawal = %v, want ErrWithdrawn", err)
 	}
@@ -312,7 +312,7 @@ func TestAsyncAnswer(t *testing.T) {
 	h := openTestHost(t, inbox, outbox, 12)
 	done := make(chan error, 1)
 	go func() { _, err := h.Extend(context.Background(), refDomain, refVolume, 100); done <- err }()
-	waitFor(t, patience, "the request", func() bool { return rec.count() == 1 })
+	testutil.WaitFor(t, patience, "the request", func() bool { return rec.count() == 1 })
 	time.Sleep(100 * time.Millisecond)
 	if err := rec.held[0].Grant(99); err == nil {
 		t.Error("granting less than asked accepted")
@@ -346,7 +346,7 @@ func TestSPMBadInput(t *testing.T) {
 	mb.SetSlot(1, unknown)
 	mb.Seal()
 	host.hostWrite(20, mb)
-	waitFor(t, patience, "the failure reply", func() bool {
+	testutil.WaitFor(t, patience, "the failure reply", func() bool {
 		out := host.read(host.out, 20)
 		return out.Slot(0) == replyFor(badSize, 0)
 	})
@@ -359,9 +359,9 @@ func TestSPMBadInput(t *testing.T) {
 	corrupt.Seal()
 	corrupt[4092]++ // a wrong checksum
 	host.hostWrite(21, corrupt)
-	waitFor(t, patience, "the checksum mismatch", func() bool { return s.Stats().BadChecksums > 0 })
+	testutil.WaitFor(t, patience, "the checksum mismatch", func() bool { return s.Stats().BadChecksums > 0 })
 	scans := s.Stats().FullScans
-	waitFor(t, patience, "more scans", func() bool { return s.Stats().FullScans >= scans+2 })
+	testutil.WaitFor(t, patience, "more scans", func() bool { return s.Stats().FullScans >= scans+2 })
 	if rec.count() != 0 {
 		t.Errorf("handler called for bad input: %+v", rec.requests)
 	}
@@ -413,7 +413,7 @@ func TestReadErrorsRetried(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { _, err := h.Extend(context.Background(), refDomain, refVolume, 100); done <- err }()
-	waitFor(t, patience, "failed reads", func() bool { return s.Stats().IOErrors >= 2 })
+	testutil.WaitFor(t, patience, "failed reads", func() bool { return s.Stats().IOErrors >= 2 })
 	if err := os.Truncate(inbox, UsedSize); err != nil {
 		t.Fatal(err)
 	}
@@ -431,10 +431,10 @@ func TestWriteErrorsRetried(t *testing.T) {
 	h := openTestHost(t, inbox, outbox, 4)
 	done := make(chan error, 1)
 	go func() { _, err := h.Extend(context.Background(), refDomain, refVolume, 100); done <- err }()
-	waitFor(t, patience, "the request", func() bool { return rec.count() == 1 })
+	testutil.WaitFor(t, patience, "the request", func() bool { return rec.count() == 1 })
 	setReadOnly(t, outbox, true)
 	rec.held[0].Grant(100)
-	waitFor(t, patience, "failed writes", func() bool { return s.Stats().IOErrors >= 2 })
+	testutil.WaitFor(t, patience, "failed writes", func() bool { return s.Stats().IOErrors >= 2 })
 	setReadOnly(t, outbox, false)
 	waitNoError(t, done, "no reply after the device became writable")
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lvwatch/lvwatch/internal/testutil"
 )
 
 func TestOwnerMark(t *testing.T) {
@@ -113,12 +115,12 @@ func TestProcessesHostIDInUse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, patience, "the taken-over mailbox to be cleared", func() bool { return !hostBusy(h) })
+	testutil.WaitFor(t, patience, "the taken-over mailbox to be cleared", func() bool { return !hostBusy(h) })
 	closeNow(h)
 
 	const id = 30
 	child := startChild(t, append(volumeEnv(inbox, outbox), envRole+"=host", envHostID+"="+strconv.Itoa(id), envCount+"=3")...)
-	waitFor(t, patience, "the host process's requests", func() bool { mb := raw.read(raw.in, id); return mb.messages() == 3 })
+	testutil.WaitFor(t, patience, "the host process's requests", func() bool { mb := raw.read(raw.in, id); return mb.messages() == 3 })
 	cfg = HostConfig{Inbox: inbox, Outbox: outbox, HostID: id, Log: testLog(t)}
 	if h, err := OpenHost(cfg); !errors.Is(err, ErrHostIDInUse) || !strings.Contains(err.Error(), "running") {
 		if err == nil {
@@ -129,7 +131,7 @@ func TestProcessesHostIDInUse(t *testing.T) {
 	child.cmd.Process.Signal(unix.SIGKILL)
 	child.cmd.Wait()
 	h = openTestHost(t, inbox, outbox, id)
-	waitFor(t, patience, "the dead host's requests to be cleared", func() bool { return !hostBusy(h) })
+	testutil.WaitFor(t, patience, "the dead host's requests to be cleared", func() bool { return !hostBusy(h) })
 }
 
 // Any slot 63: the mark decodes without panic, and what decodes encodes back to itself.

@@ -17,6 +17,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
+
+	"github.com/lvwatch/lvwatch/internal/testutil"
 )
 
 // The test binary re-executes itself as an SPM or a host process, so that the tests run
@@ -295,7 +297,7 @@ func TestProcessesSPMKilledMidFlight(t *testing.T) {
 		runHosts(t, inbox, outbox, hostRange(1, hosts), MessagesPerMbox)
 	}()
 	watch := openRaw(t, inbox, outbox)
-	waitFor(t, patience, "requests in the handler and some replies", func() bool {
+	testutil.WaitFor(t, patience, "requests in the handler and some replies", func() bool {
 		out := watch.read(watch.out, 1)
 		return len(handledLines(t, handled)) >= 100 && out.Slot(0).Kind() != KindEmpty
 	})
@@ -357,7 +359,7 @@ func TestProcessesTornWrites(t *testing.T) {
 	old.SetSlot(1, msg(1))
 	old.Seal()
 	host.hostWrite(id, old)
-	waitFor(t, patience, "the first request", func() bool { return len(handledLines(t, handled)) == 1 })
+	testutil.WaitFor(t, patience, "the first request", func() bool { return len(handledLines(t, handled)) == 1 })
 
 	newer := old
 	newer.SetSlot(0, msg(2))  // first half
@@ -373,14 +375,14 @@ func TestProcessesTornWrites(t *testing.T) {
 		}
 		mismatches := spm.report(t).Stats.BadChecksums
 		host.hostWrite(id, mb)
-		waitFor(t, patience, "the SPM to see the torn mailbox", func() bool { return spm.report(t).Stats.BadChecksums > mismatches })
+		testutil.WaitFor(t, patience, "the SPM to see the torn mailbox", func() bool { return spm.report(t).Stats.BadChecksums > mismatches })
 		time.Sleep(100 * time.Millisecond) // several full scans and rechecks
 		if n := len(handledLines(t, handled)); n != 1 {
 			t.Fatalf("torn mailbox %d acted on: %d requests handled\n%s", i, n, handledLines(t, handled))
 		}
 	}
 	host.hostWrite(id, newer)
-	waitFor(t, patience, "the whole mailbox to be handled", func() bool { return len(handledLines(t, handled)) == 3 })
+	testutil.WaitFor(t, patience, "the whole mailbox to be handled", func() bool { return len(handledLines(t, handled)) == 3 })
 	time.Sleep(100 * time.Millisecond)
 	if lines := handledLines(t, handled); len(lines) != 3 {
 		t.Errorf("handled %v, want each of the 3 requests once", lines)

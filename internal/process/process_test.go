@@ -2,6 +2,7 @@ package process
 
 import (
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 )
@@ -25,7 +26,33 @@ func TestStartTime(t *testing.T) {
 	}
 }
 
-// Any /proc stat line: no panic, and a start time only when the fields are there.
+func TestExited(t *testing.T) {
+	if Exited(os.Getpid()) {
+		t.Error("this process counts as exited")
+	}
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if !Exited(cmd.Process.Pid) { // reaped: gone, unless the pid was reused at once
+		if Alive(cmd.Process.Pid, 0) {
+			t.Skip("pid reused")
+		}
+		t.Error("a reaped process does not count as exited")
+	}
+	for stat, want := range map[string]byte{"42 (a) b (c) Z 1 2": 'Z', "7 (x) S": 'S'} {
+		if got, err := ParseState([]byte(stat)); err != nil || got != want {
+			t.Errorf("%q: state %q, %v; want %q", stat, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "42 (a", "42 (a)", "42 (a) SS 1"} {
+		if _, err := ParseState([]byte(bad)); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
+
+// Any /proc stat line: no panic, and a start time or state only when the fields are there.
 func FuzzParseStartTime(f *testing.F) {
 	if b, err := os.ReadFile("/proc/self/stat"); err == nil {
 		f.Add(string(b))
@@ -35,6 +62,9 @@ func FuzzParseStartTime(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		if _, err := ParseStartTime([]byte(s)); err == nil && !strings.Contains(s, ")") {
 			t.Fatalf("parsed %q without a command name", s)
+		}
+		if _, err := ParseState([]byte(s)); err == nil && !strings.Contains(s, ")") {
+			t.Fatalf("state parsed from %q without a command name", s)
 		}
 	})
 }

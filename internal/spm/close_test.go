@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lvwatch/lvwatch/internal/testutil"
 )
 
 // lockVG takes the VG's lvm lock as an operator's command would (lvm's file lock
@@ -37,14 +39,14 @@ func TestCloseStopsTheRound(t *testing.T) {
 		jobs = append(jobs, hostJob{Domain: d.vg, Volume: lv, Sizes: []uint64{16}})
 	}
 	d.startHost(1, jobs...)
-	waitFor(t, "one lvextend under way and every request queued", func() bool {
+	testutil.WaitFor(t, patience, "one lvextend under way and every request queued", func() bool {
 		st := s.Status().Domains[0]
 		return st.LVMCommands == 1 && st.Requests == uint64(len(lvs))
 	})
 	closed := make(chan error, 1)
 	go func() { closed <- s.Close() }()
 	dom := s.domains[0]
-	waitFor(t, "the worker told to stop", dom.stopping)
+	testutil.WaitFor(t, patience, "the worker told to stop", dom.stopping)
 	unlock()
 	if err := <-closed; err != nil {
 		t.Fatal(err)

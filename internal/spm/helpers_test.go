@@ -23,7 +23,9 @@ import (
 	"github.com/lvwatch/lvwatch/internal/lvm"
 	"github.com/lvwatch/lvwatch/internal/lvm/lvmtest"
 	"github.com/lvwatch/lvwatch/internal/mailbox"
+	"github.com/lvwatch/lvwatch/internal/process"
 	"github.com/lvwatch/lvwatch/internal/spm/spmtest"
+	"github.com/lvwatch/lvwatch/internal/testutil"
 )
 
 // The test binary re-executes itself as a host or an SPM process, so that the tests
@@ -341,30 +343,12 @@ func (p *spmProc) children(t *testing.T) []int {
 func waitGone(t *testing.T, pids []int) {
 	t.Helper()
 	for _, pid := range pids {
-		waitFor(t, fmt.Sprintf("process %d to exit", pid), func() bool {
-			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-			if err != nil {
-				return true
-			}
-			// pid (comm) state …: comm may hold blanks and parentheses.
-			s := string(b)
-			i := strings.LastIndexByte(s, ')')
-			return i < 0 || i+2 >= len(s) || s[i+2] == 'Z' || s[i+2] == 'X'
-		})
+		testutil.WaitFor(t, patience, fmt.Sprintf("process %d to exit", pid), func() bool { return process.Exited(pid) })
 	}
 }
 
-// waitFor polls cond until it holds; the deadline only turns a hang into a failure.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
+// patience bounds the waits of the tests: it only turns a hang into a failure.
+const patience = 60 * time.Second
 
 // waiting is how many requests of the first domain wait for space.
 func waiting(s *SPM) int { return len(s.Status().Domains[0].WaitingOnSpace) }

@@ -182,7 +182,7 @@ func (v *vdsmHost) handshake() {
 	mb.SetSlot(0, mailbox.CleanMessage)
 	mb.Seal()
 	v.write(mb[:])
-	waitFor(v.t, "the SPM's CLEAN echo", func() bool { r := v.reply(); return r.Slot(0) == mailbox.CleanMessage })
+	testutil.WaitFor(v.t, patience, "the SPM's CLEAN echo", func() bool { r := v.reply(); return r.Slot(0) == mailbox.CleanMessage })
 	v.write(make([]byte, mailbox.BlockSize))
 }
 
@@ -197,10 +197,10 @@ func TestFullVGWaitsForSpace(t *testing.T) {
 
 	// 63 extents, 24 used: a needs 92, b 64 more; c's 4 fit. One PV more (63) serves a, the next b.
 	host := d.startHost(1, hostJob{Domain: d.vg, Volume: a, Sizes: []uint64{100}})
-	waitFor(t, "a to wait for space", func() bool { return waiting(s) == 1 })
+	testutil.WaitFor(t, patience, "a to wait for space", func() bool { return waiting(s) == 1 })
 	vdsm := openVdsmHost(t, d, 2)
 	req := vdsm.request(d.vg, b, 72)
-	waitFor(t, "b to wait for space", func() bool { return waiting(s) == 2 })
+	testutil.WaitFor(t, patience, "b to wait for space", func() bool { return waiting(s) == 2 })
 	small := d.startHost(3, hostJob{Domain: d.vg, Volume: c, Sizes: []uint64{12}})
 	if r := small.wait(t); len(r) != 1 || r[0].Err != "" || r[0].Granted != 12 {
 		t.Fatalf("a request that fits, behind two that wait: %+v", r)
@@ -218,12 +218,12 @@ func TestFullVGWaitsForSpace(t *testing.T) {
 		t.Fatalf("after the first vgextend, a: %+v", r)
 	}
 	// The snapshot is published after the reply went out.
-	waitFor(t, "b alone to wait after the first vgextend", func() bool { return waiting(s) == 1 })
+	testutil.WaitFor(t, patience, "b alone to wait after the first vgextend", func() bool { return waiting(s) == 1 })
 	if r := vdsm.reply(); r.Slot(0).Kind() != mailbox.KindEmpty {
 		t.Fatalf("b was answered before it fits: % x", r.Slot(0))
 	}
 	d.env.MustRun("vgextend", "-q", d.vg, d.spare[1])
-	waitFor(t, "b's reply", func() bool { r := vdsm.reply(); return r.Slot(0) != (mailbox.Message{}) })
+	testutil.WaitFor(t, patience, "b's reply", func() bool { r := vdsm.reply(); return r.Slot(0) != (mailbox.Message{}) })
 	if r := vdsm.reply(); r.Slot(0) != req {
 		t.Fatalf("b's reply is not its request re-encoded with its size:\n% x\n% x", r.Slot(0), req)
 	}
@@ -255,12 +255,12 @@ func TestVdsmInterop(t *testing.T) {
 	}
 	vdsm.write(ref("host7-request-mailbox.bin"))
 	want := ref("host7-reply-mailbox.bin")
-	waitFor(t, "the reply", func() bool { r := vdsm.reply(); return r.Slot(0) != (mailbox.Message{}) })
+	testutil.WaitFor(t, patience, "the reply", func() bool { r := vdsm.reply(); return r.Slot(0) != (mailbox.Message{}) })
 	if r := vdsm.reply(); !bytes.Equal(r[:], want) {
 		t.Fatalf("reply mailbox differs from vdsm's:\n% x\n% x", r[:128], want[:128])
 	}
 	vdsm.write(ref("host7-clean-mailbox.bin"))
-	waitFor(t, "the CLEAN echo", func() bool { r := vdsm.reply(); return r.Slot(0) == mailbox.CleanMessage })
+	testutil.WaitFor(t, patience, "the CLEAN echo", func() bool { r := vdsm.reply(); return r.Slot(0) == mailbox.CleanMessage })
 	if got := d.sizesMiB()[volume]; got != 5120 {
 		t.Errorf("volume %d MiB, want 5120", got)
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // RequirePrivilegedEnv is the variable that turns a privilege skip into a failure.
@@ -68,4 +69,17 @@ func (l *LogBuffer) Lines(substr string) []string {
 		}
 	}
 	return out
+}
+
+// WaitFor polls cond until it holds. The timeout only turns a hang into a failure
+// (what says what did not come): it is no assertion on speed.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
