@@ -28,7 +28,7 @@ type job struct {
 	found        time.Time
 	waitingSince time.Time   // when it first found no room; zero until then
 	needBytes    uint64      // what it needs then
-	unwake       func() bool // stops the wake-up on its context's end, once answered
+	unwake       func() bool // stops the wake-up on its context's end (answer calls it)
 }
 
 // domain serves one VG: a single worker goroutine takes the requests in the order
@@ -84,7 +84,8 @@ type WaitingRequest struct {
 	Since     time.Time `json:"since"`
 }
 
-// Counters count a domain's requests since the SPM started.
+// Counters count a domain's requests since the SPM started. Each request answered
+// adds to one of Extended, AlreadyLarge, Refused, Failed and Withdrawn.
 type Counters struct {
 	Requests       uint64 `json:"requests"`
 	Extended       uint64 `json:"extended"`         // granted after an lvextend
@@ -92,7 +93,7 @@ type Counters struct {
 	Refused        uint64 `json:"refused"`          // failed validation
 	Failed         uint64 `json:"failed"`           // LVM failed
 	WaitedForSpace uint64 `json:"waited_for_space"` // found no room at first
-	Withdrawn      uint64 `json:"withdrawn"`
+	Withdrawn      uint64 `json:"withdrawn"`        // dropped before it was served
 	LVMCommands    uint64 `json:"lvm_commands"`
 }
 
@@ -253,9 +254,8 @@ func (d *domain) abandon() {
 	d.incoming = nil
 	d.mu.Unlock()
 	for _, j := range left {
-		j.reply.Fail(errors.New("SPM stopping"))
+		d.answer(j, withdrawn, 0, errors.New("SPM stopping"))
 	}
-	d.count(func(c *Counters) { c.Withdrawn += uint64(len(left)) })
 }
 
 // serve runs one round: the requests waiting for space, oldest first, then the new
@@ -306,9 +306,6 @@ func (d *domain) serve() {
 			break
 		}
 		d.serveOne(j, vg, &sp, extents)
-		if len(d.pending) == 0 || d.pending[len(d.pending)-1] != j {
-			j.unwake() // answered
-		}
 	}
 	d.publish(vg, sp)
 }
@@ -318,8 +315,7 @@ func (d *domain) dropWithdrawn(jobs []*job) []*job {
 		if j.ctx.Err() == nil {
 			return false
 		}
-		j.reply.Fail(context.Cause(j.ctx))
-		d.count(func(c *Counters) { c.Withdrawn++ })
+		d.answer(j, withdrawn, 0, context.Cause(j.ctx))
 		return true
 	})
 }
@@ -330,8 +326,7 @@ func (d *domain) serveOne(j *job, vg *lvm.VG, sp *space, extents map[string]uint
 	log := d.log.With().Int("host", j.req.HostID).Int("slot", j.req.Slot).Str("volume", volume).Uint64("size_mib", j.req.SizeMiB).Logger()
 	lv, want, err := d.limits.target(vg, *sp, volume, j.req.SizeMiB)
 	if err != nil {
-		d.count(func(c *Counters) { c.Refused++ })
-		j.reply.Fail(fmt.Errorf("volume %s to %d MiB: %w", volume, j.req.SizeMiB, err)) // the mailbox logs it
+		d.answer(j, refused, 0, fmt.Errorf("volume %s to %d MiB: %w", volume, j.req.SizeMiB, err)) // the mailbox logs it
 		return
 	}
 	have, ok := extents[volume]
@@ -339,8 +334,7 @@ func (d *domain) serveOne(j *job, vg *lvm.VG, sp *space, extents map[string]uint
 		have = lv.Extents()
 	}
 	if want <= have {
-		d.count(func(c *Counters) { c.AlreadyLarge++ })
-		d.grant(j, have, sp, log)
+		d.grant(j, alreadyLarge, have, sp, log)
 		return
 	}
 	need := want - have
@@ -349,8 +343,7 @@ func (d *domain) serveOne(j *job, vg *lvm.VG, sp *space, extents map[string]uint
 	case need <= sp.free && j.waitingSince.IsZero():
 		// It fits only by taking the reserve: refused. One that does not fit at all
 		// waits for a PV, and once waiting it waits until it fits beside the reserve.
-		d.count(func(c *Counters) { c.Refused++ })
-		j.reply.Fail(fmt.Errorf("volume %s to %d MiB: %w", volume, j.req.SizeMiB, refuse("%s more would eat into the VG's reserve of %s (%s free)",
+		d.answer(j, refused, 0, fmt.Errorf("volume %s to %d MiB: %w", volume, j.req.SizeMiB, refuse("%s more would eat into the VG's reserve of %s (%s free)",
 			size.Format(need*sp.extentBytes), size.Format(d.cfg.Reserve), size.Format(sp.free*sp.extentBytes))))
 		return
 	default:
@@ -379,14 +372,12 @@ func (d *domain) serveOne(j *job, vg *lvm.VG, sp *space, extents map[string]uint
 		}
 	}
 	if err != nil {
-		d.count(func(c *Counters) { c.Failed++ })
-		j.reply.Fail(fmt.Errorf("volume %s to %d MiB: %w", volume, j.req.SizeMiB, err))
+		d.answer(j, failed, 0, fmt.Errorf("volume %s to %d MiB: %w", volume, j.req.SizeMiB, err))
 		return
 	}
 	extents[volume] = want
 	sp.free -= min(need, sp.free)
-	d.count(func(c *Counters) { c.Extended++ })
-	d.grant(j, want, sp, log)
+	d.grant(j, extended, want, sp, log)
 }
 
 // wait keeps j until the VG has room for it; the first time is logged and counted.
@@ -402,19 +393,12 @@ func (d *domain) wait(j *job, need uint64, sp space, log zerolog.Logger) {
 
 // grant answers success with the LV's size in whole MiB (≥ the size asked: the
 // LV has at least the extents that size needs).
-func (d *domain) grant(j *job, extents uint64, sp *space, log zerolog.Logger) {
+func (d *domain) grant(j *job, o outcome, extents uint64, sp *space, log zerolog.Logger) {
 	sizeMiB := min(extents*sp.extentBytes>>20, mailbox.MaxSizeMiB)
-	err := j.reply.Grant(sizeMiB)
-	switch {
-	case errors.Is(err, mailbox.ErrWithdrawn):
-		// Answered, and the answer dropped: the LV has the size all the same.
-		d.count(func(c *Counters) { c.Withdrawn++ })
-		log.Debug().Uint64("size_mib_now", sizeMiB).Msg("request withdrawn before its reply; the LV has the size")
-		return
-	case err != nil:
-		// Grant refused the size and answered nothing: the host must not wait forever.
-		d.count(func(c *Counters) { c.Failed++ })
-		j.reply.Fail(err)
+	if err := d.answer(j, o, sizeMiB, nil); err != nil {
+		// Withdrawn (the answer dropped: the LV has the size all the same), or the
+		// size refused by the mailbox (failed instead).
+		log.Debug().Err(err).Uint64("size_mib_now", sizeMiB).Msg("request not granted")
 		return
 	}
 	ev := log.Debug()
@@ -422,6 +406,51 @@ func (d *domain) grant(j *job, extents uint64, sp *space, log zerolog.Logger) {
 		ev = log.Info().Dur("waited", time.Since(j.waitingSince))
 	}
 	ev.Uint64("granted_mib", sizeMiB).Dur("took", time.Since(j.found)).Msg("extend granted")
+}
+
+// outcome is what a request's answer counts as: one counter each.
+type outcome int
+
+const (
+	extended outcome = iota
+	alreadyLarge
+	refused
+	failed
+	withdrawn
+)
+
+func (c *Counters) add(o outcome) {
+	switch o {
+	case extended:
+		c.Extended++
+	case alreadyLarge:
+		c.AlreadyLarge++
+	case refused:
+		c.Refused++
+	case failed:
+		c.Failed++
+	case withdrawn:
+		c.Withdrawn++
+	}
+}
+
+// answer is the one way the worker answers j: Grant of sizeMiB when reason is nil,
+// else Fail. It stops j's wake-up first (answering ends j's context in the mailbox,
+// which would wake the worker for a round for nothing), and counts j once: as o
+// (what the SPM did, even when the host withdrew the request and the answer is
+// dropped), or as failed when Grant refused the size (then it fails j: the host
+// must not wait forever). It returns the answer's error.
+func (d *domain) answer(j *job, o outcome, sizeMiB uint64, reason error) error {
+	j.unwake()
+	var err error
+	if reason != nil {
+		err = j.reply.Fail(reason)
+	} else if err = j.reply.Grant(sizeMiB); err != nil && !errors.Is(err, mailbox.ErrWithdrawn) {
+		o = failed
+		err = j.reply.Fail(err)
+	}
+	d.count(func(c *Counters) { c.add(o) })
+	return err
 }
 
 // extend runs lvextend to exactly want extents, seeing only the domain's PVs.
