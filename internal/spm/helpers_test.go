@@ -110,7 +110,8 @@ func runHostRole() int {
 	return 0
 }
 
-// runSPMRole serves the Config in the environment until SIGTERM (or SIGKILL).
+// runSPMRole serves the Config in the environment until SIGTERM (or SIGKILL); after
+// a SIGTERM it prints its final Status, as JSON, on stdout.
 func runSPMRole() int {
 	var cfg Config
 	if err := json.Unmarshal([]byte(os.Getenv(envConfig)), &cfg); err != nil {
@@ -127,7 +128,14 @@ func runSPMRole() int {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM)
 	<-sig
-	s.Close()
+	if err := s.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 3
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(s.Status()); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 3
+	}
 	return 0
 }
 
@@ -275,8 +283,11 @@ func (p *hostProc) wait(t *testing.T) []hostResult {
 
 // spmProc is the SPM in a process of its own, to be killed.
 type spmProc struct {
+	t      testing.TB
 	cmd    *exec.Cmd
+	stdout *bufio.Reader
 	stderr *os.File
+	done   bool
 }
 
 func (d *testDomain) startSPMProc(cfg Config, logPath string) *spmProc {
@@ -289,7 +300,7 @@ func (d *testDomain) startSPMProc(cfg Config, logPath string) *spmProc {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	p := &spmProc{cmd: exec.Command(os.Args[0], "-test.run=^$"), stderr: logf}
+	p := &spmProc{t: d.t, cmd: exec.Command(os.Args[0], "-test.run=^$"), stderr: logf}
 	p.cmd.Env = append(os.Environ(), envRole+"=spm", envConfig+"="+string(js))
 	p.cmd.Stderr = logf
 	out, err := p.cmd.StdoutPipe()
@@ -300,7 +311,8 @@ func (d *testDomain) startSPMProc(cfg Config, logPath string) *spmProc {
 		d.t.Fatal(err)
 	}
 	// Ready once its mailbox is open (or it died trying).
-	line, _ := bufio.NewReader(out).ReadString('\n')
+	p.stdout = bufio.NewReader(out)
+	line, _ := p.stdout.ReadString('\n')
 	if strings.TrimSpace(line) != "ready" {
 		p.cmd.Wait()
 		logs, _ := os.ReadFile(logPath)
@@ -310,9 +322,29 @@ func (d *testDomain) startSPMProc(cfg Config, logPath string) *spmProc {
 }
 
 func (p *spmProc) kill() {
+	if p.done {
+		return
+	}
+	p.done = true
 	p.cmd.Process.Signal(syscall.SIGKILL)
 	p.cmd.Wait()
 	p.stderr.Close()
+}
+
+// stop ends the SPM with SIGTERM (a Close) and returns the Status it printed then.
+func (p *spmProc) stop() Status {
+	p.t.Helper()
+	p.done = true
+	defer p.stderr.Close()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		p.t.Fatal(err)
+	}
+	var st Status
+	err := json.NewDecoder(p.stdout).Decode(&st)
+	if werr := p.cmd.Wait(); err != nil || werr != nil {
+		p.t.Fatalf("the SPM's final status: %v; exit: %v", err, werr)
+	}
+	return st
 }
 
 // children are the processes the SPM process started (its lvm shells), as pids.

@@ -271,8 +271,10 @@ func TestVdsmInterop(t *testing.T) {
 // finished its command (it exits when its stdin closes), no LV is smaller than
 // before nor bigger than the most asked for it. Some kills must hit an extend under
 // way: the metadata changed between the SPM's death and its lvm's exit, which only
-// that orphaned lvm can have done. In the end every request is answered once, each
-// LV has the most asked for it, and vgck finds the VG clean.
+// that orphaned lvm can have done. In the end every request is answered once (the
+// hosts got one answer each; the last SPM counted one answer per request it took
+// and wrote no more replies than requests), each LV has the most asked for it, and
+// vgck finds the VG clean.
 func TestKillSPM(t *testing.T) {
 	const (
 		rounds = 50
@@ -361,6 +363,21 @@ func TestKillSPM(t *testing.T) {
 			t.Errorf("host %d: %d answers, want %d", h+1, len(res), 2*steps)
 		}
 	}
+	// The SPM's side: the last SPM (the killed ones cannot tell) answered each
+	// request it took once, and wrote no more replies than it found requests.
+	st := p.stop()
+	for _, ds := range st.Domains {
+		c := ds.Counters
+		if answered := c.Extended + c.AlreadyLarge + c.Refused + c.Failed + c.Withdrawn; answered != c.Requests {
+			t.Errorf("the last SPM, domain %s: %d answers counted for %d requests: %+v", ds.VG, answered, c.Requests, c)
+		}
+	}
+	for _, ms := range st.Mailboxes {
+		if ms.Stats.Replies > ms.Stats.Requests {
+			t.Errorf("the last SPM's mailbox: %d replies written for %d requests found", ms.Stats.Replies, ms.Stats.Requests)
+		}
+	}
+	t.Logf("the last SPM: %+v; its mailbox: %+v", st.Domains[0].Counters, st.Mailboxes[0].Stats)
 	final := d.sizesMiB()
 	check("at the end", prev, final)
 	for _, n := range names {
