@@ -209,13 +209,23 @@ func TestRemoveLocal(t *testing.T) {
 		t.Fatal("the co-located host never woke the SPM")
 	}
 	s.RemoveLocal(h)
-	reads := s.Stats().HostReads
-	if _, err := h.Extend(context.Background(), refDomain, refVolume, 200); err != nil {
-		t.Fatal(err)
+	if h.spm.Load() != nil {
+		t.Error("the removed host still links the SPM")
 	}
-	testutil.WaitFor(t, patience, "the handshake", func() bool { return !hostBusy(h) })
-	if got := s.Stats().HostReads; got != reads {
-		t.Errorf("the removed host woke the SPM: %d host reads, want %d", got, reads)
+	reads := s.Stats().HostReads
+	// A linked host wakes the SPM for each of its 3 writes a request: 15 reads
+	// for 5 requests. Allowed are 2 not theirs: the wake of the first handshake's
+	// last write, which hostBusy may see on disk before the host calls Wake, and
+	// one re-read of a mailbox a scan found half-written.
+	const requests = 5
+	for i := range requests {
+		if _, err := h.Extend(context.Background(), refDomain, refVolume, uint64(200+i)); err != nil {
+			t.Fatal(err)
+		}
+		testutil.WaitFor(t, patience, "the handshake", func() bool { return !hostBusy(h) })
+	}
+	if got := s.Stats().HostReads; got > reads+2 {
+		t.Errorf("the removed host woke the SPM: %d host reads for %d requests, want at most %d", got, requests, reads+2)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
