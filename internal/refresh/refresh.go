@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -103,7 +102,6 @@ type Refresher struct {
 	lvm     *lvm.HostConfig
 	cache   *lvm.Cache
 	intents *intent.Dir
-	busy    sync.Map // dm uuid → *sync.Mutex
 }
 
 // New returns a Refresher, after finishing the swaps that processes which
@@ -215,9 +213,8 @@ func (r *Refresher) Refresh(ctx context.Context, vgName, lvName string, devices 
 	}
 	res.Metadata = time.Since(start)
 
-	mu, _ := r.busy.LoadOrStore(uuid, new(sync.Mutex))
-	mu.(*sync.Mutex).Lock()
-	defer mu.(*sync.Mutex).Unlock()
+	// Refreshes of one LV from several goroutines need no lock of their own: the
+	// VG lock, a flock on a file each of them opens, already orders them.
 	id := dm.ByUUID(uuid)
 	info, live, err := r.m.Table(id)
 	if errors.Is(err, dm.ErrNoDevice) {
