@@ -90,7 +90,7 @@ func runWatch(ctx context.Context, args []string) error {
 	for dev := range paths {
 		past, err := p.arm(dev, thr)
 		if err == nil {
-			err = p.print(nil, past)
+			err = p.printPast(past)
 		}
 		if err != nil {
 			w.Close()
@@ -166,21 +166,28 @@ func (p *printer) printEvents(ctx context.Context) error {
 				return err
 			}
 		}
-		if err := p.print(newEventRecord(ev, p.paths), past); err != nil {
+		if err := p.print(newEventRecord(ev, p.paths)); err != nil {
+			return err
+		}
+		if err := p.printPast(past); err != nil {
 			return err
 		}
 	}
 }
 
-func (p *printer) print(first any, past []pastRecord) error {
-	if first != nil {
-		if err := p.enc.Encode(first); err != nil {
-			return fmt.Errorf("print: %w", err)
-		}
+// print prints one JSON line.
+func (p *printer) print(rec any) error {
+	if err := p.enc.Encode(rec); err != nil {
+		return fmt.Errorf("print: %w", err)
 	}
+	return nil
+}
+
+// printPast prints the armings that found writes past them.
+func (p *printer) printPast(past []pastRecord) error {
 	for _, rec := range past {
-		if err := p.enc.Encode(rec); err != nil {
-			return fmt.Errorf("print: %w", err)
+		if err := p.print(rec); err != nil {
+			return err
 		}
 	}
 	return nil
