@@ -133,7 +133,7 @@ func TestWatchCommand(t *testing.T) {
 		close(lines)
 	}()
 	for i, offset := range []int64{1 << 20, 2 << 20} { // the second crossing needs --rearm
-		writeDirect(t, dev.Path, offset)
+		testutil.WriteDirect(t, dev.Path, offset)
 		var rec eventRecord
 		select {
 		case line := <-lines:
@@ -156,24 +156,6 @@ func TestWatchCommand(t *testing.T) {
 	}
 	if _, err := os.Stat(pins); !os.IsNotExist(err) {
 		t.Errorf("--unpin left %s: %v", pins, err)
-	}
-}
-
-// writeDirect writes 4 KiB at offset of path with O_DIRECT.
-func writeDirect(t *testing.T, path string, offset int64) {
-	t.Helper()
-	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE) // page-aligned
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(buf)
-	if _, err := unix.Pwrite(fd, buf, offset); err != nil {
-		t.Fatalf("write %s at %d: %v", path, offset, err)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // RequirePrivilegedEnv is the variable that turns a privilege skip into a failure.
@@ -81,5 +83,24 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 			t.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// WriteDirect writes 4 KiB of zeros at offset of the block device at path with
+// O_DIRECT, as a VM's disk writes go, past the page cache.
+func WriteDirect(t testing.TB, path string, offset int64) {
+	t.Helper()
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE) // page-aligned
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(buf)
+	if _, err := unix.Pwrite(fd, buf, offset); err != nil {
+		t.Fatalf("write %s at %d: %v", path, offset, err)
 	}
 }

@@ -230,7 +230,7 @@ func TestDevicePartitionRefused(t *testing.T) {
 	// What the refusal rests on: a write to the partition is the disk's, at
 	// the partition's offset on it.
 	mustArm(t, w, disk.Dev, 4*mib)
-	writeAt(t, disk.Path+"p1", 4*mib)
+	testutil.WriteDirect(t, disk.Path+"p1", 4*mib)
 	if ev := wantEvents(t, w, 1, "write to the partition")[0]; ev.Dev != disk.Dev || ev.Offset != mib+4*mib {
 		t.Errorf("event %+v, want dev %s at offset %d", ev, disk.Dev, mib+4*mib)
 	}
@@ -270,7 +270,7 @@ func TestDevicePruneReusedNumber(t *testing.T) {
 		}
 	}
 	// Until pruned, the program still fires for the number; Read drops the event.
-	writeAt(t, dev.Path, 16*mib)
+	testutil.WriteDirect(t, dev.Path, 16*mib)
 	wantEvents(t, w, 0, "write to the new disk of an armed number")
 	if c, err := w.Counters(); err != nil || c.Stale != 1 || c.Crossings != 1 {
 		t.Errorf("counters %+v, %v; want the crossing dropped as stale", c, err)
@@ -279,7 +279,7 @@ func TestDevicePruneReusedNumber(t *testing.T) {
 	if err != nil || len(pruned) != 1 || pruned[0].Dev != dev.Dev {
 		t.Fatalf("Prune after the number was reused = %+v, %v; want %s", pruned, err, dev.Dev)
 	}
-	writeAt(t, dev.Path, 32*mib)
+	testutil.WriteDirect(t, dev.Path, 32*mib)
 	wantEvents(t, w, 0, "write to the new disk of a pruned number")
 	if list, err := w.List(); err != nil || len(list) != 0 {
 		t.Errorf("List after Prune = %+v, %v", list, err)

@@ -151,19 +151,6 @@ func (d *blockDev) reattach(t testing.TB, backing string) bool {
 	return true
 }
 
-// writeAt writes 4 KiB at offset of the block device at path with O_DIRECT.
-func writeAt(t testing.TB, path string, offset int64) {
-	t.Helper()
-	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	if _, err := unix.Pwrite(fd, alignedBuf(4096), offset); err != nil {
-		t.Fatalf("write %s at %d: %v", path, offset, err)
-	}
-}
-
 // partitionedLoop is a loop device with a partition table, scanned by the kernel.
 type partitionedLoop struct {
 	Path string // /dev/loopN; the partition is Path+"p1"

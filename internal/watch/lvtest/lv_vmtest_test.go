@@ -40,6 +40,7 @@ type lv struct {
 	path string
 	dev  watch.Dev
 	fd   int
+	buf  []byte // 64 KiB, page-aligned for O_DIRECT; one writer at a time
 }
 
 func newLV(t *testing.T, size string) *lv {
@@ -63,17 +64,16 @@ func newLV(t *testing.T, size string) *lv {
 	if l.fd, err = unix.Open(l.path, unix.O_RDWR|unix.O_DIRECT|unix.O_CLOEXEC, 0); err != nil {
 		t.Fatal(err)
 	}
+	if l.buf, err = unix.Mmap(-1, 0, 64<<10, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(l.buf) })
 	return l
 }
 
 // write writes 64 KiB at offset with O_DIRECT.
 func (l *lv) write(offset int64) error {
-	buf, err := unix.Mmap(-1, 0, 64<<10, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
-	if err != nil {
-		return err
-	}
-	defer unix.Munmap(buf)
-	_, err = unix.Pwrite(l.fd, buf, offset)
+	_, err := unix.Pwrite(l.fd, l.buf, offset)
 	return err
 }
 
