@@ -1,13 +1,20 @@
 package spm
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
+	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/lvwatch/lvwatch/internal/mailbox"
+	"github.com/lvwatch/lvwatch/internal/process"
 	"github.com/lvwatch/lvwatch/internal/testutil"
 )
 
@@ -22,7 +29,9 @@ func (d *testDomain) lockVG() (unlock func()) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
 		d.t.Fatal(err)
 	}
-	return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }
+	unlock = sync.OnceFunc(func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() })
+	d.t.Cleanup(unlock) // a failed test must not leave lvm waiting for the lock
+	return unlock
 }
 
 // Close while an lvextend runs (held up by the VG lock) with more requests queued
@@ -117,9 +126,10 @@ func TestMailboxIdentity(t *testing.T) {
 	}
 }
 
-// lvm's stock backup settings and a devices file listing nothing, as on a host:
-// the SPM's command-line settings keep the archives bounded (vdsm's retain_min 50,
-// retain_days 0) and the devices file does not hide the domain's PVs.
+// lvm's stock backup settings, a devices file listing nothing and a $HOME, as on a
+// host: the SPM's command-line settings keep the archives bounded (vdsm's
+// retain_min 50, retain_days 0), the devices file does not hide the domain's PVs,
+// and no .lvm_history is written.
 func TestHostLVMConfig(t *testing.T) {
 	const lvs, steps = 6, 11 // 66 extends: more than the 50 archives kept
 	d := newTestDomain(t, 1, 0, 512<<20)
@@ -155,6 +165,8 @@ func TestHostLVMConfig(t *testing.T) {
 	// Before lvmtest's cleanup (which needs its own configuration back).
 	t.Cleanup(func() { os.WriteFile(confPath, orig, 0o600) })
 
+	home := t.TempDir()
+	t.Setenv("HOME", home)
 	d.startSPM(Config{})
 	var jobs []hostJob
 	for _, n := range names {
@@ -173,6 +185,10 @@ func TestHostLVMConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// lvm's shell keeps no history of the SPM's commands in $HOME (nor pays for it).
+	if _, err := os.Stat(filepath.Join(home, ".lvm_history")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the lvm shell wrote its history in $HOME: %v", err)
+	}
 	// lvm expires down to retain_min after writing the new archive.
 	if len(files) == 0 || len(files) > 51 {
 		t.Errorf("%d archive files after %d extends, want 1..51", len(files), lvs*steps)
@@ -183,4 +199,91 @@ func TestEmptyDevices(t *testing.T) {
 	if _, err := (DomainConfig{VG: "8adbc85e-e554-4ae0-b318-8a5465fe5fe1", Devices: []string{}}).withDefaults(); err == nil {
 		t.Error("devices = []: no error")
 	}
+}
+
+// The lvm shell killed while its lvextend waits for the VG lock: the SPM finds the
+// LV not extended in the metadata and runs the command once more in a new shell;
+// the host gets its grant, not a failure.
+func TestShellKilledMidCommand(t *testing.T) {
+	d := newTestDomain(t, 1, 0, 128<<20)
+	lv := newUUID(t)
+	d.createLVs(4, lv)
+	unlock := d.lockVG()
+	s := d.startSPM(Config{})
+	host := d.startHost(1, hostJob{Domain: d.vg, Volume: lv, Sizes: []uint64{16}})
+	shell := waitForLockedShell(t, s, 1)
+	if err := unix.Kill(shell, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitForLockedShell(t, s, 2)
+	unlock()
+	if r := host.wait(t); len(r) != 1 || r[0].Err != "" || r[0].Granted != 16 {
+		t.Fatalf("after the shell was killed mid-command: %+v", r)
+	}
+	if st := s.Status().Domains[0]; st.Extended != 1 || st.Failed != 0 || st.LVMCommands != 2 {
+		t.Errorf("counters %+v: want 1 extended after 2 LVM commands", st.Counters)
+	}
+	if got := d.sizesMiB()[lv]; got != 16 {
+		t.Errorf("LV %d MiB, want 16", got)
+	}
+	d.vgck()
+}
+
+// A host that stops (clearing its mailbox, as a restarted host does) while its
+// lvextend waits for the VG lock withdraws the request: the lvextend still runs to
+// its end (the shell is not killed), and the request counts once, as extended,
+// its answer dropped.
+func TestWithdrawnDuringLVExtend(t *testing.T) {
+	d := newTestDomain(t, 1, 0, 128<<20)
+	lv := newUUID(t)
+	d.createLVs(4, lv)
+	unlock := d.lockVG()
+	s := d.startSPM(Config{})
+	h, err := mailbox.OpenHost(mailbox.HostConfig{Inbox: d.inbox, Outbox: d.outbox, HostID: 3, Log: zerolog.New(zerolog.NewTestWriter(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dom, _ := mailbox.ParseUUID(d.vg)
+	vol, _ := mailbox.ParseUUID(lv)
+	extended := make(chan error, 1)
+	go func() { _, err := h.Extend(context.Background(), dom, vol, 16); extended <- err }()
+	shell := waitForLockedShell(t, s, 1)
+	if err := h.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-extended; !errors.Is(err, mailbox.ErrClosed) {
+		t.Fatalf("Extend of a host closed under it: %v", err)
+	}
+	testutil.WaitFor(t, patience, "the SPM to see the request withdrawn", func() bool { return s.Status().Mailboxes[0].Stats.Withdrawn == 1 })
+	unlock()
+	testutil.WaitFor(t, patience, "the lvextend to end", func() bool { return s.Status().Domains[0].Extended == 1 })
+	if process.Exited(shell) {
+		t.Error("the lvm shell was stopped")
+	}
+	if st := s.Status().Domains[0]; st.Withdrawn != 0 || st.Failed != 0 || st.LVMCommands != 1 {
+		t.Errorf("counters %+v: want the request counted once, as extended", st.Counters)
+	}
+	if got := d.sizesMiB()[lv]; got != 16 {
+		t.Errorf("LV %d MiB, want 16: the lvextend under way must finish", got)
+	}
+}
+
+// waitForLockedShell waits for the SPM's commands-th LVM command to wait for the
+// VG lock in an lvm shell, and returns that shell's pid.
+func waitForLockedShell(t *testing.T, s *SPM, commands uint64) int {
+	t.Helper()
+	var shell int
+	testutil.WaitFor(t, patience, fmt.Sprintf("LVM command %d to wait for the VG lock", commands), func() bool {
+		if s.Status().Domains[0].LVMCommands != commands {
+			return false
+		}
+		for _, pid := range lvmShells(t) {
+			if inFlock(pid) {
+				shell = pid
+				return true
+			}
+		}
+		return false
+	})
+	return shell
 }

@@ -95,7 +95,11 @@ func (s *shell) start() error {
 		return fmt.Errorf("lvm shell: %w", err)
 	}
 	cmd := exec.Command(s.path)
-	cmd.Env = append(os.Environ(), "LVM_REPORT_FD=3", "LVM_COMMAND_PROFILE="+lvmProfile,
+	// HOME=/dev/null: lvm's shell rewrites $HOME/.lvm_history after every
+	// command (its last 100 lines, through libedit's character conversions):
+	// measured 2.5–3 ms of a 7.5 ms lvextend, and the SPM's commands do not
+	// belong in root's history. Under /dev/null the file cannot be created.
+	cmd.Env = append(os.Environ(), "HOME=/dev/null", "LVM_REPORT_FD=3", "LVM_COMMAND_PROFILE="+lvmProfile,
 		"LVM_SUPPRESS_FD_WARNINGS=1", "LC_ALL=C")
 	cmd.ExtraFiles = []*os.File{repW}
 	// Its own process group: a ^C meant for the SPM must not stop lvm mid-command.
