@@ -454,7 +454,26 @@ func (d *domain) answer(j *job, o outcome, sizeMiB uint64, reason error) error {
 }
 
 // extend runs lvextend to exactly want extents, seeing only the domain's PVs.
+// When the lvm shell dies under the command (killed, or crashed: lvm 2.03.16's
+// shell segfaults on some command lines), the metadata tells whether it took
+// effect; if it did not, the command runs once more, in a new shell.
 func (d *domain) extend(volume string, want uint64) error {
+	err := d.lvextend(volume, want)
+	if !errors.Is(err, errShellDied) || d.stopping() {
+		return err
+	}
+	vg, _, rerr := d.readVG()
+	if rerr != nil {
+		return err
+	}
+	if lv, lerr := vg.LV(volume); lerr != nil || lv.Extents() >= want {
+		return err // the caller reads the metadata and answers from it
+	}
+	d.log.Warn().Err(err).Str("volume", volume).Msg("the lvm shell died before the extend took effect; running it once more")
+	return d.lvextend(volume, want)
+}
+
+func (d *domain) lvextend(volume string, want uint64) error {
 	d.count(func(c *Counters) { c.LVMCommands++ })
 	d.wrote = true // even when it fails: lvm may have committed before failing
 	args := append([]string{"lvextend"}, lvmArgs(d.devices)...)

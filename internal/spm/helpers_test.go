@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 
 	"github.com/lvwatch/lvwatch/internal/lvm"
 	"github.com/lvwatch/lvwatch/internal/lvm/lvmtest"
@@ -350,9 +351,34 @@ func (p *spmProc) stop() Status {
 // children are the processes the SPM process started (its lvm shells), as pids.
 func (p *spmProc) children(t *testing.T) []int {
 	t.Helper()
-	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", p.cmd.Process.Pid))
+	return children(t, p.cmd.Process.Pid)
+}
+
+// lvmShells are the lvm processes this test process runs: the shells of the SPMs
+// it started (lvmtest's commands run one at a time, before or after).
+func lvmShells(t *testing.T) []int {
+	t.Helper()
+	var shells []int
+	for _, pid := range children(t, os.Getpid()) {
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(comm)) == "lvm" {
+			shells = append(shells, pid)
+		}
+	}
+	return shells
+}
+
+// inFlock reports whether process pid is blocked in flock (lvm waiting for the VG lock).
+func inFlock(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", pid))
+	return err == nil && strings.HasPrefix(string(b), strconv.Itoa(unix.SYS_FLOCK)+" ")
+}
+
+// children are the processes process pid started, as pids.
+func children(t *testing.T, pid int) []int {
+	t.Helper()
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
 	if err != nil || len(tasks) == 0 {
-		t.Fatalf("the SPM's threads: %v", err)
+		t.Fatalf("the threads of process %d: %v", pid, err)
 	}
 	var pids []int
 	for _, f := range tasks {

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -389,5 +390,75 @@ func TestKillSPM(t *testing.T) {
 	if t.Failed() {
 		logs, _ := os.ReadFile(logPath)
 		t.Logf("SPM logs:\n%s", logs)
+	}
+}
+
+// With no devices configured the SPM finds the VG's PVs by scanning as lvm would
+// (lvm.conf's filters), runs lvm without --devices, and finds a PV an operator
+// adds by scanning again: a request waiting for space is served.
+func TestScanForPVs(t *testing.T) {
+	d := newTestDomain(t, 1, 1, 64<<20)
+	lv := newUUID(t)
+	d.createLVs(8, lv)
+	cfg := d.config()
+	cfg.Devices = nil
+	s := d.startSPM(Config{Domains: []DomainConfig{cfg}})
+	host := d.startHost(1, hostJob{Domain: d.vg, Volume: lv, Sizes: []uint64{16, 100}})
+	testutil.WaitFor(t, patience, "the second extend to wait for space", func() bool { return waiting(s) == 1 })
+	if got := s.Status().Domains[0].Devices; !slices.Equal(got, d.pvs) {
+		t.Errorf("devices found by scanning %v, want %v", got, d.pvs)
+	}
+	d.env.MustRun("vgextend", "-q", d.vg, d.spare[0])
+	for _, r := range host.wait(t) {
+		if r.Err != "" || r.Granted != r.SizeMiB {
+			t.Errorf("extend to %d MiB: granted %d, %s", r.SizeMiB, r.Granted, r.Err)
+		}
+	}
+	testutil.WaitFor(t, patience, "the new PV among the domain's devices", func() bool {
+		return slices.Equal(s.Status().Domains[0].Devices, append(slices.Clone(d.pvs), d.spare[0]))
+	})
+	d.vgck()
+}
+
+// A host of the SPM's own process linked by AddLocal is served without the SPM
+// polling: the polls here are an hour apart, so only the in-process wake-ups
+// serve the requests and end their clean handshakes.
+func TestAddLocal(t *testing.T) {
+	d := newTestDomain(t, 1, 0, 64<<20)
+	lv := newUUID(t)
+	d.createLVs(8, lv)
+	s := d.startSPM(Config{EventPollMin: time.Hour, EventPollMax: time.Hour, ScanInterval: time.Hour})
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	h, err := mailbox.OpenHost(mailbox.HostConfig{Inbox: d.inbox, Outbox: d.outbox, HostID: 7, PollMin: time.Hour, PollMax: time.Hour,
+		Log: zerolog.New(zerolog.NewTestWriter(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close(ctx)
+	if err := s.AddLocal(newUUID(t), h); err == nil {
+		t.Error("AddLocal for a domain the SPM does not serve: no error")
+	}
+	if err := s.AddLocal(d.vg, h); err != nil {
+		t.Fatal(err)
+	}
+	dom, _ := mailbox.ParseUUID(d.vg)
+	vol, _ := mailbox.ParseUUID(lv)
+	for _, sz := range []uint64{12, 20} {
+		if got, err := h.Extend(ctx, dom, vol, sz); err != nil || got != sz {
+			t.Fatalf("extend to %d MiB through the in-process link: %d, %v", sz, got, err)
+		}
+	}
+	outbox := openVdsmHost(t, d, 7) // only to read host 7's replies
+	testutil.WaitFor(t, patience, "the SPM's CLEAN echoes through the link", func() bool {
+		r := outbox.reply()
+		return r.Slot(0) == mailbox.CleanMessage && r.Slot(1) == mailbox.CleanMessage
+	})
+	if err := h.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.RemoveLocal(h)
+	if got := d.sizesMiB()[lv]; got != 20 {
+		t.Errorf("LV %d MiB, want 20", got)
 	}
 }
