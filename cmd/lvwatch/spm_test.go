@@ -28,7 +28,8 @@ func TestSPMUsage(t *testing.T) {
 	}
 }
 
-// lvwatch spm serves a domain from its flags, then from a configuration file:
+// lvwatch spm serves a domain from its flags, from a configuration file, then
+// from --domain alone (the VG's own mailbox LVs, the PVs found by scanning):
 // `lvwatch extend` gets its grant, a request for an unknown LV fails, the status
 // snapshot counts them, and SIGTERM ends it cleanly.
 func TestSPMCommand(t *testing.T) {
@@ -53,9 +54,23 @@ func TestSPMCommand(t *testing.T) {
 		t.Logf("extend %s to %s MiB: exit %d\n%s", volume, sizeMiB, code, stderr)
 		return code
 	}
+	// The VG's own inbox and outbox LVs, as activation names them: links to the
+	// volumes here (activation is off in lvmtest).
+	vgDir := filepath.Join("/dev", vg)
+	os.RemoveAll(vgDir)
+	if err := os.Mkdir(vgDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(vgDir) })
+	for _, v := range []string{inbox, outbox} {
+		if err := os.Symlink(v, filepath.Join(vgDir, filepath.Base(v))); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for i, args := range [][]string{
 		{"--domain", vg, "--inbox", inbox, "--outbox", outbox, "--devices", env.Paths()[0], "--status", status},
 		{"--config", conf, "--status", status},
+		{"--domain", vg, "--status", status}, // /dev/VG/inbox and outbox; the PVs found by scanning
 	} {
 		cmd := exec.Command(lvwatchBin, append([]string{"spm"}, args...)...)
 		var stderr strings.Builder
@@ -63,7 +78,7 @@ func TestSPMCommand(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		size := []string{"24", "40"}[i]
+		size := []string{"24", "40", "48"}[i]
 		if code := extend(lv, size); code != 0 {
 			t.Errorf("extend to %s MiB: exit %d", size, code)
 		}
@@ -91,7 +106,7 @@ func TestSPMCommand(t *testing.T) {
 		os.Remove(status)
 	}
 	rows := env.MustReport("lvs", "-o", "lv_size", vg+"/"+lv)
-	if len(rows) != 1 || rows[0]["lv_size"] != "81920" {
-		t.Errorf("LV size %v sectors, want 40 MiB", rows)
+	if len(rows) != 1 || rows[0]["lv_size"] != "98304" {
+		t.Errorf("LV size %v sectors, want 48 MiB", rows)
 	}
 }
