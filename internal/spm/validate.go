@@ -13,6 +13,10 @@ import (
 // never resizes them, whatever a request says.
 var specialLVs = []string{"inbox", "outbox", "metadata", "ids", "leases", "master", "xleases"}
 
+// IsSpecialLV reports whether lv is one of a domain's special LVs, which are
+// never extended (nor watched by the agent).
+func IsSpecialLV(lv string) bool { return slices.Contains(specialLVs, lv) }
+
 // errRefused marks a request refused by validation (as opposed to LVM failing).
 var errRefused = errors.New("refused")
 
@@ -69,7 +73,7 @@ type limits struct {
 // target validates a request for volume to sizeMiB against the VG and returns
 // the LV and the extents it must have. A refusal wraps errRefused and says why.
 func (l limits) target(vg *lvm.VG, sp space, volume string, sizeMiB uint64) (*lvm.LV, uint64, error) {
-	if slices.Contains(specialLVs, volume) {
+	if IsSpecialLV(volume) {
 		return nil, 0, refuse("volume %s is a special LV of the domain", volume)
 	}
 	lv, err := vg.LV(volume)

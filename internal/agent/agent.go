@@ -1,0 +1,301 @@
+// Package agent is lvwatch on a host: it watches the active thin LVs of its
+// storage domains with the BPF watcher, and for each crossing asks the SPM for
+// more through the mailbox, reloads the LV's table by ioctl, checks the new size
+// and re-arms. It can run the domain's SPM in the same process.
+package agent
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/lvwatch/lvwatch/internal/dm"
+	"github.com/lvwatch/lvwatch/internal/mailbox"
+	"github.com/lvwatch/lvwatch/internal/refresh"
+	"github.com/lvwatch/lvwatch/internal/spm"
+	"github.com/lvwatch/lvwatch/internal/watch"
+)
+
+// Config configures an agent.
+type Config struct {
+	HostID  int // this host's id in the domains' mailboxes, 1..249
+	Domains []Domain
+	// SPM, when set, runs the SPM of these domains in this process (its Domains
+	// and Log are filled in from the agent's), woken by this host's requests.
+	SPM *spm.Config
+
+	PinDir   string // the watcher's pins; default watch.DefaultPinDir
+	StateDir string // the refresher's records; default refresh.DefaultStateDir
+	Log      zerolog.Logger
+}
+
+// Domain is one storage domain the agent watches the LVs of.
+type Domain struct {
+	VG            string   // the domain UUID
+	Inbox, Outbox string   // default /dev/VG/inbox and /dev/VG/outbox
+	Devices       []string // the VG's PVs; nil: found from the LVs' tables (or one scan)
+	Policy        Policy
+	// Raw also watches LVs that do not hold a qcow2 image, up to MaxRawSize.
+	Raw        bool
+	MaxRawSize uint64
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg  Config
+	log  zerolog.Logger
+	w    *watch.Watcher
+	ctl  *dm.Control
+	ref  *refresh.Refresher
+	spm  *spm.SPM
+	doms map[string]*domain
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu   sync.Mutex
+	vols map[watch.Dev]*volume
+}
+
+// domain is a Domain with its mailbox host and the PVs its refreshes read.
+type domain struct {
+	Domain
+	id   mailbox.UUID
+	host *mailbox.Host
+
+	mu      sync.Mutex
+	devices []string
+}
+
+func (d *domain) pvs() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.devices)
+}
+
+func (d *domain) setPVs(devices []string) {
+	d.mu.Lock()
+	d.devices = slices.Clone(devices)
+	d.mu.Unlock()
+}
+
+// Start opens the watcher, device-mapper and the mailboxes, starts the SPM when
+// configured, and reconciles: every active LV of the domains is armed, and one
+// already past its threshold is extended at once. Run serves the crossings.
+func Start(cfg Config) (_ *Agent, err error) {
+	if len(cfg.Domains) == 0 {
+		return nil, errors.New("agent: no domain to watch")
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log.With().Str("component", "agent").Logger(), doms: map[string]*domain{}, vols: map[watch.Dev]*volume{}}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
+	for _, dc := range cfg.Domains {
+		d, err := a.newDomain(dc)
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		a.doms[d.VG] = d
+	}
+	if cfg.SPM != nil {
+		sc := *cfg.SPM
+		sc.Log = cfg.Log
+		if sc.Domains == nil {
+			for _, d := range a.doms {
+				sc.Domains = append(sc.Domains, spm.DomainConfig{VG: d.VG, Inbox: d.Inbox, Outbox: d.Outbox, Devices: d.Devices})
+			}
+		}
+		if a.spm, err = spm.Start(sc); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+	}
+	// The mailboxes after the SPM: a co-located host is linked to it at once.
+	for _, d := range a.doms {
+		if d.host, err = mailbox.OpenHost(mailbox.HostConfig{Inbox: d.Inbox, Outbox: d.Outbox, HostID: cfg.HostID, Log: cfg.Log}); err != nil {
+			return nil, fmt.Errorf("agent: domain %s: %w", d.VG, err)
+		}
+		if a.spm != nil {
+			if err := a.spm.AddLocal(d.VG, d.host); err != nil {
+				return nil, fmt.Errorf("agent: %w", err)
+			}
+		}
+	}
+	if a.ctl, err = dm.Open(); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if a.ref, err = refresh.New(refresh.Kernel(a.ctl), refresh.Options{Log: cfg.Log, Scan: true, StateDir: cfg.StateDir}); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if a.w, err = watch.Open(watch.Options{PinDir: cfg.PinDir, Logger: cfg.Log}); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if err := a.reconcile(); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	return a, nil
+}
+
+func (a *Agent) newDomain(dc Domain) (*domain, error) {
+	id, err := mailbox.ParseUUID(dc.VG)
+	if err != nil {
+		return nil, fmt.Errorf("domain %q: the VG name must be the domain UUID: %w", dc.VG, err)
+	}
+	if (dc.Inbox == "") != (dc.Outbox == "") {
+		return nil, fmt.Errorf("domain %s: inbox and outbox go together", dc.VG)
+	}
+	if dc.Inbox == "" {
+		dc.Inbox, dc.Outbox = "/dev/"+dc.VG+"/inbox", "/dev/"+dc.VG+"/outbox"
+	}
+	dc.Policy = dc.Policy.withDefaults()
+	if err := dc.Policy.validate(); err != nil {
+		return nil, fmt.Errorf("domain %s: %w", dc.VG, err)
+	}
+	return &domain{Domain: dc, id: id, devices: slices.Clone(dc.Devices)}, nil
+}
+
+// reconcile arms every active LV of the domains and drops the pinned armings of
+// devices that are not (or no longer) one of them.
+func (a *Agent) reconcile() error {
+	vgs := make([]string, 0, len(a.doms))
+	for vg := range a.doms {
+		vgs = append(vgs, vg)
+	}
+	lvs, err := activeLVs(a.ctl, vgs)
+	if err != nil {
+		return err
+	}
+	for _, f := range lvs {
+		a.add(f)
+	}
+	armings, err := a.w.List()
+	if err != nil {
+		return fmt.Errorf("list the pinned armings: %w", err)
+	}
+	for _, arm := range armings {
+		a.mu.Lock()
+		_, ours := a.vols[arm.Dev]
+		a.mu.Unlock()
+		if !ours {
+			if _, err := a.w.Disarm(arm.Dev); err != nil {
+				a.log.Warn().Err(err).Stringer("dev", arm.Dev).Msg("cannot drop a pinned arming of a device no longer watched")
+			}
+		}
+	}
+	a.log.Info().Int("volumes", len(a.vols)).Int("pinned_armings", len(armings)).Msg("agent watching")
+	return nil
+}
+
+// add starts watching an active LV, unless it is not one to watch (logged).
+func (a *Agent) add(f found) {
+	d := a.doms[f.vg]
+	dev := watch.Dev{Major: f.dev.Major, Minor: f.dev.Minor}
+	log := a.log.With().Str("vg", f.vg).Str("lv", f.lv).Stringer("dev", dev).Logger()
+	if d.pvs() == nil {
+		if pvs, err := tableDevices(a.ctl, f.dev); err == nil {
+			d.setPVs(pvs) // a first guess; the refresh completes it (one scan at most)
+		}
+	}
+	v, err := newVolume(a, d, f.lv, dev, log)
+	if err != nil {
+		log.Info().Err(err).Msg("LV not watched")
+		return
+	}
+	a.mu.Lock()
+	if _, dup := a.vols[dev]; dup {
+		a.mu.Unlock()
+		return
+	}
+	a.vols[dev] = v
+	a.mu.Unlock()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		v.run(a.ctx)
+	}()
+	v.kick(time.Now()) // the first round arms it, or extends it at once when already past
+}
+
+// Run serves crossings until ctx ends or the watcher fails.
+func (a *Agent) Run(ctx context.Context) error {
+	for {
+		ev, err := a.w.Read(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("agent: read crossings: %w", err)
+		}
+		a.mu.Lock()
+		v := a.vols[ev.Dev]
+		a.mu.Unlock()
+		if v == nil {
+			continue // disarmed since (its LV went away)
+		}
+		v.kick(time.Now().Add(-ev.Latency))
+	}
+}
+
+// Close stops the volumes' loops (an extension under way ends at its next step:
+// a refresh is never cut in the middle), the SPM and the mailboxes, and keeps
+// the watcher's pins: armings stay, and crossings meanwhile wait for the next start.
+func (a *Agent) Close() error {
+	a.cancel()
+	a.wg.Wait()
+	var errs []error
+	for _, d := range a.doms {
+		if d.host != nil {
+			if a.spm != nil {
+				a.spm.RemoveLocal(d.host)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+			errs = append(errs, d.host.Close(ctx))
+			cancel()
+		}
+	}
+	if a.spm != nil {
+		errs = append(errs, a.spm.Close())
+	}
+	if a.w != nil {
+		errs = append(errs, a.w.Close())
+	}
+	if a.ctl != nil {
+		errs = append(errs, a.ctl.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// closeTimeout bounds the clean handshakes of answered requests at Close.
+const closeTimeout = 2 * time.Second
+
+// Status is a snapshot for `lvwatch status`.
+type Status struct {
+	HostID  int            `json:"host_id"`
+	Volumes []VolumeStatus `json:"volumes"`
+	SPM     *spm.Status    `json:"spm,omitempty"`
+}
+
+// Status returns the current snapshot, volumes sorted by VG and LV.
+func (a *Agent) Status() Status {
+	st := Status{HostID: a.cfg.HostID}
+	a.mu.Lock()
+	for _, v := range a.vols {
+		st.Volumes = append(st.Volumes, v.status())
+	}
+	a.mu.Unlock()
+	slices.SortFunc(st.Volumes, func(x, y VolumeStatus) int { return cmp.Or(cmp.Compare(x.VG, y.VG), cmp.Compare(x.LV, y.LV)) })
+	if a.spm != nil {
+		s := a.spm.Status()
+		st.SPM = &s
+	}
+	return st
+}

@@ -1,0 +1,203 @@
+//go:build vmtest
+
+package agent_test
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"github.com/lvwatch/lvwatch/internal/agent"
+	"github.com/lvwatch/lvwatch/internal/dm/dmtest"
+	"github.com/lvwatch/lvwatch/internal/lvm"
+	"github.com/lvwatch/lvwatch/internal/lvm/lvmtest"
+	"github.com/lvwatch/lvwatch/internal/mailbox"
+	"github.com/lvwatch/lvwatch/internal/spm"
+	"github.com/lvwatch/lvwatch/internal/spm/spmtest"
+	"github.com/lvwatch/lvwatch/internal/testutil"
+)
+
+// activation turns on what lvmtest's configuration turns off: the agent's host
+// has its LVs active in device-mapper.
+var activation = []string{"--config", "global/activation=1"}
+
+// site is a storage domain on a loop device, active on this host: its inbox and
+// outbox LVs, and a qcow2 volume LV per name.
+type site struct {
+	env *lvmtest.Env
+	vg  string
+}
+
+func newUUID(t testing.TB) string {
+	var u mailbox.UUID
+	if _, err := rand.Read(u[:]); err != nil {
+		t.Fatal(err)
+	}
+	return u.String()
+}
+
+func newSite(t testing.TB, pvSize int64) *site {
+	t.Helper()
+	dmtest.Control(t)
+	env := lvmtest.New(t, 1, pvSize)
+	spmtest.Use(t, env)
+	s := &site{env: env, vg: newUUID(t)}
+	env.CreateVG(s.vg, env.Paths(), nil, []string{"-s", "1m"})
+	t.Cleanup(func() {
+		if _, err := env.Run(append([]string{"vgchange", "-an"}, append(activation, s.vg)...)...); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	for _, mb := range []string{"inbox", "outbox"} {
+		s.lvcreate(t, mb, "8m")
+		v, err := mailbox.OpenVolume(s.path(mb), mailbox.VolumeOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Init(); err != nil {
+			t.Fatal(err)
+		}
+		v.Close()
+	}
+	return s
+}
+
+func (s *site) lvcreate(t testing.TB, lv, size string) {
+	t.Helper()
+	s.env.MustRun(append(append([]string{"lvcreate", "-q", "-Wn", "-Zn", "-n", lv, "-L", size}, activation...), s.vg)...)
+}
+
+func (s *site) path(lv string) string { return "/dev/mapper/" + lvm.DMName(s.vg, lv) }
+
+// qcowLV makes an active LV holding a qcow2 header of 1 GiB virtual size.
+func (s *site) qcowLV(t testing.TB, size string) string {
+	t.Helper()
+	lv := newUUID(t)
+	s.lvcreate(t, lv, size)
+	hdr, err := os.ReadFile("testdata/v3-1G.hdr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(s.path(lv), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(hdr, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	return lv
+}
+
+func startAgent(t testing.TB, s *site, policy agent.Policy) *agent.Agent {
+	t.Helper()
+	pins := filepath.Join("/sys/fs/bpf", fmt.Sprintf("lvwatch-test-%d-agent", os.Getpid()))
+	t.Cleanup(func() { os.RemoveAll(pins) })
+	a, err := agent.Start(agent.Config{
+		HostID:   1,
+		Domains:  []agent.Domain{{VG: s.vg, Policy: policy}},
+		SPM:      &spm.Config{},
+		PinDir:   pins,
+		StateDir: t.TempDir(),
+		Log:      zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if err := a.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return a
+}
+
+// writeSequentially writes total bytes from offset 1 MiB on with O_DIRECT, 1 MiB
+// at a time, as an image filling up does; an error (ENOSPC: a write past the
+// LV's end) ends it.
+func writeSequentially(path string, total int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	buf, err := unix.Mmap(-1, 0, 1<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(buf)
+	rand.Read(buf)
+	for off := int64(1 << 20); off < total+1<<20; off += 1 << 20 {
+		if _, err := f.WriteAt(buf, off); err != nil {
+			return fmt.Errorf("write at %d MiB: %w", off>>20, err)
+		}
+	}
+	return f.Sync()
+}
+
+// A writer filling a qcow2 LV far beyond its first size never meets its end: the
+// co-located agent and SPM grow it chunk by chunk as it writes.
+func TestWriterNeverMeetsTheEnd(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := newSite(t, 2<<30)
+	lvs := []string{s.qcowLV(t, "32m"), s.qcowLV(t, "32m")}
+	// Under TCG a round trip takes up to a second or two while two writers run
+	// flat out (tens of MiB/s each): the trigger covers that.
+	a := startAgent(t, s, agent.Policy{Chunk: 96 << 20, Trigger: 96 << 20})
+	testutil.WaitFor(t, time.Minute, "the volumes armed", func() bool {
+		st := a.Status()
+		armed := 0
+		for _, v := range st.Volumes {
+			if v.State == agent.StateArmed {
+				armed++
+			}
+		}
+		return armed == len(lvs)
+	})
+	const written = 160 << 20 // the loop devices live in the guest's tmpfs, 512 MiB
+	var wg sync.WaitGroup
+	errs := make(chan error, len(lvs))
+	for _, lv := range lvs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := writeSequentially(s.path(lv), written); err != nil {
+				errs <- fmt.Errorf("%s: %w", lv, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err) // ENOSPC: the writer met the LV's end
+	}
+	for _, v := range a.Status().Volumes {
+		if v.Extensions < 2 {
+			t.Errorf("%s: %d extensions for 160 MiB from 32 MiB by 96 MiB", v.LV, v.Extensions)
+		}
+		if v.Size < written+1<<20 {
+			t.Errorf("%s: %d MiB after 160 MiB written", v.LV, v.Size>>20)
+		}
+		if v.Last != nil {
+			t.Logf("%s: %d MiB, %d extensions, last %+v", v.LV, v.Size>>20, v.Extensions, *v.Last)
+		}
+	}
+}

@@ -1,0 +1,279 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/lvwatch/lvwatch/internal/backoff"
+	"github.com/lvwatch/lvwatch/internal/blockdev"
+	"github.com/lvwatch/lvwatch/internal/lvm"
+	"github.com/lvwatch/lvwatch/internal/mailbox"
+	"github.com/lvwatch/lvwatch/internal/qcow2"
+	"github.com/lvwatch/lvwatch/internal/size"
+	"github.com/lvwatch/lvwatch/internal/watch"
+)
+
+// A volume's states, as Status shows them.
+const (
+	StateArmed     = "armed"     // waiting for a write past the threshold
+	StateExtending = "extending" // a crossing is being served
+	StateWaiting   = "waiting"   // the SPM has not answered for a while (away, or the VG is full)
+	StateRetrying  = "retrying"  // a step failed; the next try is after a backoff
+	StateAtMaximum = "at-maximum"
+)
+
+// VolumeStatus is one watched LV.
+type VolumeStatus struct {
+	VG         string    `json:"vg"`
+	LV         string    `json:"lv"`
+	Device     string    `json:"device"`
+	Size       uint64    `json:"size"`
+	MaxSize    uint64    `json:"max_size"`
+	Threshold  uint64    `json:"threshold"`
+	High       uint64    `json:"highest_write"`
+	State      string    `json:"state"`
+	Error      string    `json:"error,omitempty"`
+	Extensions uint64    `json:"extensions"`
+	Last       *Phases   `json:"last_extension,omitempty"`
+	Since      time.Time `json:"since"`
+}
+
+// Phases time one extension: from the crossing write to the re-armed, bigger LV.
+type Phases struct {
+	Detect  time.Duration `json:"detect"`  // the crossing write queued → the agent has it
+	Request time.Duration `json:"request"` // mailbox request → the SPM's reply
+	Refresh time.Duration `json:"refresh"` // metadata read and table swap
+	Rearm   time.Duration `json:"rearm"`
+	Total   time.Duration `json:"total"`
+	From    uint64        `json:"from"`
+	To      uint64        `json:"to"`
+}
+
+type volume struct {
+	a      *Agent
+	d      *domain
+	lv     string
+	id     mailbox.UUID
+	dev    watch.Dev
+	path   string // /dev/mapper/VG-LV
+	max    uint64
+	log    zerolog.Logger
+	kicked chan time.Time // when the crossing write was queued (or now)
+
+	mu sync.Mutex
+	st VolumeStatus
+}
+
+func newVolume(a *Agent, d *domain, lv string, dev watch.Dev, log zerolog.Logger) (*volume, error) {
+	id, err := mailbox.ParseUUID(lv)
+	if err != nil {
+		return nil, fmt.Errorf("the LV name is not a volume UUID: %w", err)
+	}
+	path := "/dev/mapper/" + lvm.DMName(d.VG, lv)
+	hdr, err := qcow2.ProbePath(path)
+	var maxSize uint64
+	switch {
+	case err == nil:
+		maxSize = d.Policy.maxSize(hdr.VirtualSize)
+	case errors.Is(err, qcow2.ErrNotQcow2) && d.Raw && d.MaxRawSize > 0:
+		maxSize = d.MaxRawSize
+	case errors.Is(err, qcow2.ErrNotQcow2):
+		return nil, errors.New("no qcow2 image on it (raw LVs are watched only when configured)")
+	default:
+		return nil, err
+	}
+	v := &volume{a: a, d: d, lv: lv, id: id, dev: dev, path: path, max: maxSize, log: log, kicked: make(chan time.Time, 1)}
+	v.st = VolumeStatus{VG: d.VG, LV: lv, Device: path, MaxSize: maxSize, State: StateExtending, Since: time.Now()}
+	return v, nil
+}
+
+// kick asks the volume's loop for a round; at is when the crossing write was
+// queued. A kick while one waits keeps the earlier time.
+func (v *volume) kick(at time.Time) {
+	select {
+	case v.kicked <- at:
+	default:
+	}
+}
+
+func (v *volume) status() VolumeStatus {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	st := v.st
+	if st.Last != nil {
+		last := *st.Last
+		st.Last = &last
+	}
+	return st
+}
+
+func (v *volume) set(f func(*VolumeStatus)) {
+	v.mu.Lock()
+	f(&v.st)
+	v.mu.Unlock()
+}
+
+// state sets the volume's state, logging a change of it.
+func (v *volume) state(state string, err error) {
+	v.mu.Lock()
+	changed := v.st.State != state
+	v.st.State, v.st.Error = state, ""
+	if err != nil {
+		v.st.Error = err.Error()
+	}
+	if changed {
+		v.st.Since = time.Now()
+	}
+	v.mu.Unlock()
+	if changed && state != StateArmed && state != StateExtending {
+		v.log.Warn().Err(err).Str("state", state).Msg("volume state")
+	}
+}
+
+// run serves the volume's rounds until ctx ends.
+func (v *volume) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case at := <-v.kicked:
+			v.serve(ctx, at)
+		}
+	}
+}
+
+// Retries of a failed step wait 100 ms, doubling up to 10 s; the SPM's silence is
+// logged every waitLog while the request stands.
+const (
+	minRetry = 100 * time.Millisecond
+	maxRetry = 10 * time.Second
+	waitLog  = 30 * time.Second
+)
+
+// serve brings the volume to a size whose threshold no write has passed yet,
+// extending it as often as that takes, and leaves it armed (or at its maximum).
+func (v *volume) serve(ctx context.Context, crossed time.Time) {
+	retry := backoff.New(minRetry, maxRetry)
+	for ctx.Err() == nil {
+		again, err := v.step(ctx, crossed)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			v.state(StateRetrying, err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(retry.Next()):
+			}
+		case again:
+			// Writes are already past the new threshold: once more, at once.
+			retry.Reset()
+			crossed = time.Now()
+		default:
+			return
+		}
+	}
+}
+
+// step arms the volume at its size's threshold and, if writes are past it
+// already (Arm says so: the crossing that kicked the loop, or writes while it
+// was being extended), extends it. again is true when the extension left it
+// past its new threshold too.
+func (v *volume) step(ctx context.Context, crossed time.Time) (again bool, err error) {
+	sz, err := blockdev.Size(v.path)
+	if err != nil {
+		return false, fmt.Errorf("size of %s: %w", v.path, err)
+	}
+	v.set(func(st *VolumeStatus) { st.Size = sz })
+	past, err := v.arm(sz)
+	if err != nil || !past {
+		return false, err
+	}
+	return v.extend(ctx, sz, crossed)
+}
+
+// arm arms the volume for size bytes, or disarms it at its maximum; past is
+// true when writes are beyond the threshold already.
+func (v *volume) arm(sz uint64) (past bool, err error) {
+	if sz >= v.max {
+		if _, err := v.a.w.Disarm(v.dev); err != nil {
+			return false, fmt.Errorf("disarm %s: %w", v.dev, err)
+		}
+		v.state(StateAtMaximum, fmt.Errorf("the LV is at its maximum size, %s", size.Format(v.max)))
+		return false, nil
+	}
+	thr, ok := v.d.Policy.threshold(sz)
+	if !ok {
+		return true, nil // less free space than the trigger already
+	}
+	armed, err := v.a.w.Arm(v.dev, thr)
+	if err != nil {
+		return false, fmt.Errorf("arm %s at %s: %w", v.dev, size.Format(thr), err)
+	}
+	v.set(func(st *VolumeStatus) { st.Threshold, st.High = thr, armed.High })
+	if !armed.Past {
+		v.state(StateArmed, nil)
+	}
+	return armed.Past, nil
+}
+
+// extend grows the volume from sz by one chunk: the request through the mailbox,
+// the refresh of its table, the check of its real size, the re-arm.
+func (v *volume) extend(ctx context.Context, sz uint64, crossed time.Time) (again bool, err error) {
+	v.state(StateExtending, nil)
+	want := v.d.Policy.next(sz, v.max)
+	ph := Phases{From: sz, To: want, Detect: time.Since(crossed)}
+	t0 := time.Now()
+	if err := v.request(ctx, want); err != nil {
+		return false, err
+	}
+	t1 := time.Now()
+	ph.Request = t1.Sub(t0)
+	res, err := v.a.ref.Refresh(ctx, v.d.VG, v.lv, v.d.pvs())
+	if err != nil {
+		return false, fmt.Errorf("refresh: %w", err)
+	}
+	v.d.setPVs(res.Devices)
+	t2 := time.Now()
+	ph.Refresh = t2.Sub(t1)
+	// A vdsm SPM's reply carries the size asked for, not the LV's: the metadata tells.
+	if res.NewSize < want {
+		return false, fmt.Errorf("the SPM granted %s but the LV has %s in the metadata", size.Format(want), size.Format(res.NewSize))
+	}
+	again, err = v.arm(res.NewSize)
+	if err != nil {
+		return false, err
+	}
+	ph.Rearm = time.Since(t2)
+	ph.To = res.NewSize
+	ph.Total = time.Since(crossed)
+	v.set(func(st *VolumeStatus) { st.Extensions++; st.Size = res.NewSize; st.Last = &ph })
+	v.log.Info().Str("from", size.Format(sz)).Str("to", size.Format(res.NewSize)).Dur("detect", ph.Detect).
+		Dur("request", ph.Request).Dur("refresh", ph.Refresh).Dur("rearm", ph.Rearm).Dur("total", ph.Total).
+		Bool("past_again", again).Msg("LV extended")
+	return again, nil
+}
+
+// request asks the SPM for want bytes and waits for its answer as long as it
+// takes: a full VG keeps the request with no reply until a PV is added. The wait
+// is logged every waitLog; asking again joins the request standing in its slot.
+func (v *volume) request(ctx context.Context, want uint64) error {
+	for {
+		rctx, cancel := context.WithTimeout(ctx, waitLog)
+		granted, err := v.d.host.Extend(rctx, v.d.id, v.id, want>>20)
+		cancel()
+		switch {
+		case err == nil && granted<<20 >= want:
+			return nil
+		case err == nil:
+			return fmt.Errorf("the SPM granted %d MiB, less than the %d MiB asked", granted, want>>20)
+		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+			v.state(StateWaiting, fmt.Errorf("no answer from the SPM for %s to %s (away, or the VG is full)", v.lv, size.Format(want)))
+		default:
+			return fmt.Errorf("request %s: %w", size.Format(want), err)
+		}
+	}
+}
