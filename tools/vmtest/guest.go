@@ -59,6 +59,23 @@ func guestRun() int {
 		fmt.Printf("vmtest: read the plan: %v\n", err)
 		return 1
 	}
+	for _, m := range p.Mounts {
+		err := os.MkdirAll(m.Target, 0o755)
+		if err == nil {
+			err = unix.Mount(m.FSType, m.Target, m.FSType, 0, m.Data)
+		}
+		if err != nil {
+			fmt.Printf("vmtest: mount %s on %s: %v\n%sdone 1\n", m.FSType, m.Target, err, p.markerPrefix())
+			return 1
+		}
+	}
+	if p.Script != nil {
+		// The script's output goes out as it wrote it, without the tty's \r before each \n.
+		if t, err := unix.IoctlGetTermios(1, unix.TCGETS); err == nil {
+			t.Oflag &^= unix.ONLCR
+			unix.IoctlSetTermios(1, unix.TCSETS, t)
+		}
+	}
 	if err := runGuestCommand("modprobe", append([]string{"-a"}, p.Modules...)...); err != nil {
 		fmt.Printf("%sdone 1\n", p.markerPrefix())
 		return 1
@@ -66,10 +83,13 @@ func guestRun() int {
 	// The plan kills test binaries that overrun; this catches a guest stuck
 	// past that (a process in uninterruptible sleep, a deadlocked kernel path).
 	time.AfterFunc(p.Timeout+20*time.Second, func() {
-		fmt.Printf("%swatchdog: still running %v after the test time limit\n%sdone 1\n",
+		fmt.Printf("%swatchdog: still running %v after the time limit\n%sdone 1\n",
 			p.markerPrefix(), 20*time.Second, p.markerPrefix())
 		powerOff()
 	})
+	if p.Script != nil {
+		return p.runScript(context.Background(), os.Stdout)
+	}
 	return p.run(context.Background(), os.Stdout)
 }
 
@@ -84,6 +104,8 @@ func runGuestCommand(name string, args ...string) error {
 }
 
 func powerOff() {
+	// Wait until the console has sent what was written (tcdrain): the result above all.
+	unix.IoctlSetInt(1, unix.TCSBRK, 1)
 	unix.Sync()
 	err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	// PID 1 must not exit: that panics the kernel and hides the message.

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 )
 
 // What the guest gets from this host besides the kernel: busybox for a shell
@@ -21,6 +22,8 @@ var (
 	busyboxPath   = "/bin/busybox"
 	guestPrograms = []string{"/usr/sbin/lvm", "/usr/sbin/dmsetup"}
 	guestModules  = []string{"virtio_pci", "virtio_blk", "loop", "dm_mod", "dm_snapshot", "dm_thin_pool"}
+	// -script adds these, from this host's PATH, with their libraries.
+	scriptPrograms = []string{"qemu-img", "qemu-io"}
 )
 
 // guestLVMConf is the guest's /etc/lvm/lvm.conf: there is no udev in the guest,
@@ -49,7 +52,10 @@ backup {
 `
 
 // baseFormat changes whenever the layout of the base archive changes, to rebuild cached ones.
-const baseFormat = "vmtest-base-1"
+const (
+	baseFormat  = "vmtest-base-1"
+	toolsFormat = "vmtest-tools-1"
+)
 
 // baseInitramfs returns the cached archive with everything but the tests: busybox,
 // lvm2, the modules. It is rebuilt when the kernel or any host file in it changes.
@@ -58,8 +64,43 @@ func baseInitramfs(cacheDir string, k kernel) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	header := fmt.Sprintf("%s\n%s %s\n%s\n%q\n", baseFormat, k.Release, k.Version, guestLVMConf, guestModules)
+	return cachedArchive(cacheDir, "initramfs", header, files, "the base initramfs for "+k.Release, func(w *cpioWriter) {
+		for _, d := range []string{"bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "root", "etc/lvm"} {
+			w.dir(d)
+		}
+		// The kernel opens /dev/console for init before anything is mounted.
+		w.charDev("dev/console", 0o600, 5, 1)
+		w.blob("etc/lvm/lvm.conf", 0o644, []byte(guestLVMConf))
+	})
+}
+
+// toolsInitramfs returns the cached archive of the host programs that -script
+// adds (qemu-img, qemu-io) with their shared libraries, at /usr/bin in the
+// guest; it goes between the base archive and the payload.
+func toolsInitramfs(cacheDir string) (string, error) {
+	var progs []baseFile
+	for _, name := range scriptPrograms {
+		host, err := exec.LookPath(name)
+		if err != nil {
+			return "", err
+		}
+		progs = append(progs, baseFile{guest: filepath.Join("/usr/bin", name), host: host})
+	}
+	files, err := programFiles(progs)
+	if err != nil {
+		return "", err
+	}
+	return cachedArchive(cacheDir, "tools", toolsFormat+"\n", files, "the initramfs of "+strings.Join(scriptPrograms, ", "), nil)
+}
+
+// cachedArchive returns cacheDir/PREFIX-KEY.cpio with fill's entries and then
+// files, KEY being a hash of header and of files' names and contents; it is
+// written (what says what, in the progress line) only when no archive has
+// that key, and older ones with the prefix are removed then.
+func cachedArchive(cacheDir, prefix, header string, files []baseFile, what string, fill func(*cpioWriter)) (string, error) {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%s %s\n%s\n%q\n", baseFormat, k.Release, k.Version, guestLVMConf, guestModules)
+	io.WriteString(h, header)
 	for _, f := range files {
 		fmt.Fprintf(h, "%s <- %s%s\n", f.guest, f.host, f.link)
 		if f.link != "" {
@@ -70,22 +111,19 @@ func baseInitramfs(cacheDir string, k kernel) (string, error) {
 		}
 	}
 	key := hex.EncodeToString(h.Sum(nil))[:16]
-	out := filepath.Join(cacheDir, "initramfs-"+key+".cpio")
+	out := filepath.Join(cacheDir, prefix+"-"+key+".cpio")
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}
-	progress("building the base initramfs for %s", k.Release)
-	stale, _ := filepath.Glob(filepath.Join(cacheDir, "initramfs-*.cpio"))
+	progress("building %s", what)
+	stale, _ := filepath.Glob(filepath.Join(cacheDir, prefix+"-*.cpio"))
 	for _, s := range stale {
 		os.Remove(s)
 	}
-	err = writeArchive(out, func(w *cpioWriter) {
-		for _, d := range []string{"bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "root", "etc/lvm"} {
-			w.dir(d)
+	err := writeArchive(out, func(w *cpioWriter) {
+		if fill != nil {
+			fill(w)
 		}
-		// The kernel opens /dev/console for init before anything is mounted.
-		w.charDev("dev/console", 0o600, 5, 1)
-		w.blob("etc/lvm/lvm.conf", 0o644, []byte(guestLVMConf))
 		for _, f := range files {
 			if f.link != "" {
 				w.symlink(f.guest, f.link)
@@ -97,28 +135,23 @@ func baseInitramfs(cacheDir string, k kernel) (string, error) {
 	return out, err
 }
 
-// baseFile is one entry of the base archive: a copy of a host file, or a symlink.
+// baseFile is one entry of a cached archive: a copy of a host file, or a symlink.
 type baseFile struct {
 	guest, host string
 	link        string // symlink target instead of a copy
 }
 
 func baseFiles(k kernel) ([]baseFile, error) {
-	files := []baseFile{{guest: busyboxPath, host: busyboxPath}}
-	libs := map[string]bool{}
+	var progs []baseFile
 	for _, p := range guestPrograms {
-		files = append(files, baseFile{guest: p, host: p})
-		deps, err := sharedLibraries(p)
-		if err != nil {
-			return nil, err
-		}
-		for _, d := range deps {
-			libs[d] = true
-		}
+		progs = append(progs, baseFile{guest: p, host: p})
 	}
-	for _, l := range slices.Sorted(maps.Keys(libs)) {
-		files = append(files, baseFile{guest: l, host: l})
+	files, err := programFiles(progs)
+	if err != nil {
+		return nil, err
 	}
+	// busybox is static: ldd has nothing to say about it.
+	files = append([]baseFile{{guest: busyboxPath, host: busyboxPath}}, files...)
 	// lvm's commands are symlinks to it (lvcreate -> lvm): carry them over.
 	links, err := symlinksTo(filepath.Dir(guestPrograms[0]), "lvm")
 	if err != nil {
@@ -138,6 +171,27 @@ func baseFiles(k kernel) ([]baseFile, error) {
 	}
 	for _, m := range mods {
 		files = append(files, baseFile{guest: filepath.Join("/lib/modules", k.Release, m), host: filepath.Join(k.modulesDir(), m)})
+	}
+	return files, nil
+}
+
+// programFiles returns the programs followed by the shared libraries they
+// load (ldd's view, the dynamic loader included), each library once at its
+// host path. ldd fails on a static program.
+func programFiles(progs []baseFile) ([]baseFile, error) {
+	files := slices.Clone(progs)
+	libs := map[string]bool{}
+	for _, p := range progs {
+		deps, err := sharedLibraries(p.host)
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range deps {
+			libs[d] = true
+		}
+	}
+	for _, l := range slices.Sorted(maps.Keys(libs)) {
+		files = append(files, baseFile{guest: l, host: l})
 	}
 	return files, nil
 }

@@ -14,6 +14,16 @@
 // It prints the test output as it comes and ends with "N passed, N failed".
 // The kernel and the base initramfs are cached under .cache/vmtest.
 //
+// With -script FILE it runs no tests: it boots the same guest and runs FILE
+// (with any arguments after the flags) with sh as root in /root, its output
+// streamed as it comes, and exits with its exit code, or 125 when the guest
+// crashed, timed out or could not run it (the reason on stderr). The guest
+// then also has lvwatch, qemu-img and qemu-io on PATH, bpffs, tracefs,
+// /dev/shm and /dev/pts mounted as on a booted system, and -disks scratch
+// disks of -disk-size (default 4GiB, sparse files removed afterwards). No
+// udev or mdev runs: device nodes come from devtmpfs, and every uevent
+// reaches any NETLINK_KOBJECT_UEVENT listener.
+//
 // The same program is the guest's /init: run as PID 1 it runs the plan it
 // finds in the initramfs and powers off.
 package main
@@ -35,6 +45,7 @@ import (
 	"time"
 
 	"github.com/lvwatch/lvwatch/internal/dm"
+	"github.com/lvwatch/lvwatch/internal/size"
 )
 
 func main() {
@@ -52,22 +63,35 @@ type options struct {
 	timeout   time.Duration
 	forceVM   bool
 	disks     int
+	diskSize  uint64
 	cacheDir  string
+	script    string   // -script: a shell script to run in the guest instead of the tests
+	args      []string // its arguments, after the flags
 }
 
-func hostMain() int {
-	var o options
-	flag.BoolVar(&o.bench, "bench", false, "run the benchmarks too")
-	flag.StringVar(&o.benchtime, "benchtime", "20x", "-test.benchtime for the benchmarks")
-	flag.StringVar(&o.run, "run", "", "run only the tests matching this regexp (-test.run)")
-	flag.DurationVar(&o.timeout, "timeout", 6*time.Minute, "hard limit for the whole run; the guest is killed after it")
-	flag.BoolVar(&o.forceVM, "vm", false, "boot a guest even when this host has device-mapper")
-	flag.IntVar(&o.disks, "disks", 2, "scratch disks for the guest (1 GiB sparse each, /dev/vda...)")
-	flag.StringVar(&o.cacheDir, "cache", "", "cache for the kernel and initramfs (default .cache/vmtest in the module)")
-	flag.Parse()
+// The defaults that differ between the two modes: the tests, and -script.
+const (
+	testTimeout     = 6 * time.Minute
+	scriptTimeout   = 20 * time.Minute
+	testDiskSize    = 1 << 30
+	scriptDiskSize  = 4 << 30
+	maxScratchDisks = 26 // /dev/vda to /dev/vdz
+)
 
+func hostMain() int {
+	o, err := parseArgs(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vmtest: %v\n", err)
+		return 2
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if o.script != "" {
+		return scriptMain(ctx, o)
+	}
 	start := time.Now()
 	t, err := runHost(ctx, o)
 	if err != nil {
@@ -84,6 +108,80 @@ func hostMain() int {
 	// The last line alone, in the form CI and people read at a glance.
 	fmt.Printf("vmtest: %s\n", t.summary())
 	return code
+}
+
+// parseArgs reads the command line. The time limit and the disks' size have
+// one default for the tests and a larger one for -script.
+func parseArgs(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("vmtest", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "usage: go run ./tools/vmtest [-run REGEXP] [-bench [-benchtime N]] [flags]\n"+
+			"       go run ./tools/vmtest -script FILE [-disks N] [-disk-size SIZE] [-timeout D] [ARG...]\n\n")
+		fs.PrintDefaults()
+	}
+	diskSize, timeout := "", time.Duration(0)
+	fs.BoolVar(&o.bench, "bench", false, "run the benchmarks too")
+	fs.StringVar(&o.benchtime, "benchtime", "20x", "-test.benchtime for the benchmarks")
+	fs.StringVar(&o.run, "run", "", "run only the tests matching this regexp (-test.run)")
+	fs.DurationVar(&timeout, "timeout", 0, fmt.Sprintf("hard limit for the whole run; the guest is killed after it (default %v, %v with -script)", testTimeout, scriptTimeout))
+	fs.BoolVar(&o.forceVM, "vm", false, "boot a guest even when this host has device-mapper (-script always does)")
+	fs.IntVar(&o.disks, "disks", 2, "scratch disks for the guest (sparse files, /dev/vda...)")
+	fs.StringVar(&diskSize, "disk-size", "", fmt.Sprintf("size of each scratch disk (default %s, %s with -script)", size.Format(testDiskSize), size.Format(scriptDiskSize)))
+	fs.StringVar(&o.cacheDir, "cache", "", "cache for the kernel and initramfs (default .cache/vmtest in the module)")
+	fs.StringVar(&o.script, "script", "", "boot the guest and run this shell script in it as root instead of the tests; exit with its exit code (125: the guest failed)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	o.args = fs.Args()
+
+	if set["script"] && o.script == "" {
+		return o, errors.New("-script: no file")
+	}
+	o.timeout, o.diskSize = testTimeout, testDiskSize
+	if o.script != "" {
+		for _, f := range []string{"run", "bench", "benchtime"} {
+			if set[f] {
+				return o, fmt.Errorf("-%s: -script runs no tests", f)
+			}
+		}
+		o.timeout, o.diskSize = scriptTimeout, scriptDiskSize
+	} else if len(o.args) > 0 {
+		return o, fmt.Errorf("unexpected arguments %q (only -script takes arguments)", o.args)
+	}
+	if set["timeout"] {
+		o.timeout = timeout
+		if o.timeout <= 0 {
+			return o, fmt.Errorf("-timeout %v: not positive", o.timeout)
+		}
+	}
+	if diskSize != "" {
+		n, err := size.Parse(diskSize)
+		if err != nil {
+			return o, fmt.Errorf("-disk-size: %w", err)
+		}
+		if n == 0 || n%512 != 0 {
+			return o, fmt.Errorf("-disk-size %s: not a positive multiple of 512 bytes", diskSize)
+		}
+		o.diskSize = n
+	}
+	if o.disks < 0 || o.disks > maxScratchDisks {
+		return o, fmt.Errorf("-disks %d: from 0 to %d", o.disks, maxScratchDisks)
+	}
+	return o, nil
+}
+
+// guestLimit is how long the guest's own run may take within the host's
+// limit: the guest needs time to boot and to report a hung run before the
+// host kills it.
+func guestLimit(timeout time.Duration) time.Duration {
+	if timeout > 4*40*time.Second {
+		return timeout - 40*time.Second
+	}
+	return timeout * 3 / 4
 }
 
 // runHost builds the tests and runs them in a guest or directly. The tally
@@ -117,7 +215,7 @@ func runHost(ctx context.Context, o options) (*tally, error) {
 
 	needed := []string{"lvm", "dmsetup"}
 	if inGuest {
-		needed = append(needed, "qemu-system-x86_64", "apt-get", "apt-cache", "dpkg-deb", "depmod", "ldd", busyboxPath)
+		needed = append(needed, vmHostTools...)
 	}
 	if err := ensureHostTools(moduleDir, needed); err != nil {
 		return nil, err
@@ -134,32 +232,49 @@ func runHost(ctx context.Context, o options) (*tally, error) {
 		return t, nil
 	}
 
-	k, err := ensureKernel(o.cacheDir)
-	if err != nil {
-		return nil, err
-	}
-	base, err := baseInitramfs(o.cacheDir, k)
-	if err != nil {
-		return nil, err
-	}
-	payload := filepath.Join(work, "payload.cpio")
-	if err := payloadInitramfs(payload, filepath.Join(work, "init"), p, hostPaths); err != nil {
-		return nil, err
-	}
-	initrd := filepath.Join(work, "initrd.cpio")
-	if err := concatFiles(initrd, base, payload); err != nil {
-		return nil, err
-	}
-	disks, err := scratchDisks(work, o.disks, 1<<30)
-	if err != nil {
-		return nil, err
-	}
-	progress("booting %s under TCG with %d test binaries", k.Release, len(p.Tests))
-	err = vm{kernel: k.vmlinuz(), initrd: initrd, disks: disks, timeout: o.timeout}.boot(ctx, out)
+	err = bootGuest(ctx, o, work, p, hostPaths, out, fmt.Sprintf("with %d test binaries", len(p.Tests)))
 	if err == nil && !t.done {
 		err = errors.New("the guest stopped without reporting a result (a kernel panic or a crash of /init: see the console above)")
 	}
 	return t, err
+}
+
+// bootGuest writes the guest's initramfs (the cached base archive, for a
+// script the cached one of its extra programs, then the run's payload with
+// the plan and the hostPaths), makes the scratch disks in work and boots the
+// guest with its console on out. what ends the progress line.
+func bootGuest(ctx context.Context, o options, work string, p *plan, hostPaths map[string]string, out io.Writer, what string) error {
+	k, err := ensureKernel(o.cacheDir)
+	if err != nil {
+		return err
+	}
+	base, err := baseInitramfs(o.cacheDir, k)
+	if err != nil {
+		return err
+	}
+	archives := []string{base}
+	if p.Script != nil {
+		tools, err := toolsInitramfs(o.cacheDir)
+		if err != nil {
+			return err
+		}
+		archives = append(archives, tools)
+	}
+	payload := filepath.Join(work, "payload.cpio")
+	if err := payloadInitramfs(payload, filepath.Join(work, "init"), p, hostPaths); err != nil {
+		return err
+	}
+	archives = append(archives, payload)
+	initrd := filepath.Join(work, "initrd.cpio")
+	if err := concatFiles(initrd, archives...); err != nil {
+		return err
+	}
+	disks, err := scratchDisks(work, o.disks, int64(o.diskSize))
+	if err != nil {
+		return err
+	}
+	progress("booting %s under TCG %s", k.Release, what)
+	return vm{kernel: k.vmlinuz(), initrd: initrd, disks: disks, timeout: o.timeout}.boot(ctx, out)
 }
 
 // buildPlan compiles the test binaries, lvwatch and, for a guest, this
@@ -178,11 +293,10 @@ func buildPlan(moduleDir, modulePath, work string, pkgs []goPackage, o options, 
 	}
 	nonce := make([]byte, 4)
 	rand.Read(nonce)
-	// The guest needs time to boot and to report a hung test before the hard limit.
-	testTimeout := o.timeout - 40*time.Second
-	p := &plan{Nonce: hex.EncodeToString(nonce), Timeout: testTimeout}
+	limit := guestLimit(o.timeout)
+	p := &plan{Nonce: hex.EncodeToString(nonce), Timeout: limit}
 	// A hung binary panics with its goroutines' stacks before the plan kills it.
-	args := []string{"-test.v", "-test.timeout=" + (testTimeout - 10*time.Second).String()}
+	args := []string{"-test.v", "-test.timeout=" + (limit - min(10*time.Second, limit/8)).String()}
 	if o.run != "" {
 		args = append(args, "-test.run="+o.run)
 	}
@@ -198,11 +312,7 @@ func buildPlan(moduleDir, modulePath, work string, pkgs []goPackage, o options, 
 			return filepath.Join(guestBinDir, name)
 		}
 		p.Modules = guestModules
-		var disks []string
-		for i := range o.disks {
-			disks = append(disks, fmt.Sprintf("/dev/vd%c", 'a'+i))
-		}
-		p.Env = append(p.Env, "LVWATCH_SCRATCH_DISKS="+strings.Join(disks, " "))
+		p.Env = append(p.Env, "LVWATCH_SCRATCH_DISKS="+strings.Join(guestDiskNames(o.disks), " "))
 	}
 	p.Env = append(p.Env, "LVWATCH_REQUIRE_PRIVILEGED=1", "LVWATCH_BIN="+guestBin("lvwatch"))
 	for _, pkg := range pkgs {
@@ -222,6 +332,20 @@ func buildPlan(moduleDir, modulePath, work string, pkgs []goPackage, o options, 
 		p.Tests = append(p.Tests, testBinary{Package: pkg.ImportPath, Binary: guestBin(name), Dir: dir, Args: args})
 	}
 	return p, hostPaths, nil
+}
+
+// vmHostTools are the host programs a guest boot needs: QEMU, what fetches
+// and unpacks the kernel, ldd and busybox for the initramfs.
+var vmHostTools = []string{"qemu-system-x86_64", "apt-get", "apt-cache", "dpkg-deb", "depmod", "ldd", busyboxPath}
+
+// guestDiskNames are the scratch disks' device nodes in the guest: its only
+// virtio disks, in the order of QEMU's -drive options.
+func guestDiskNames(n int) []string {
+	var disks []string
+	for i := range n {
+		disks = append(disks, fmt.Sprintf("/dev/vd%c", 'a'+i))
+	}
+	return disks
 }
 
 // ensureHostTools runs tools/deps.sh, the project's one list of Debian
@@ -275,6 +399,9 @@ func module() (dir, path string, err error) {
 		return "", "", fmt.Errorf("go list -m: %w", err)
 	}
 	dir, path, _ = strings.Cut(strings.TrimSpace(string(out)), " ")
+	if dir == "" {
+		return "", "", errors.New("not in a Go module: run vmtest in lvwatch's module")
+	}
 	return dir, path, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -20,8 +21,38 @@ type plan struct {
 	Timeout time.Duration // for all test binaries together
 	Env     []string      // added to each test binary's environment
 	Modules []string      // kernel modules the guest loads first
+	Mounts  []guestMount  // what the guest mounts besides proc, sysfs, devtmpfs, /tmp and /run
 	Tests   []testBinary
+	Script  *guestScript // run instead of the tests (-script)
 }
+
+// guestMount is one file system the guest's /init mounts, creating the target.
+type guestMount struct{ FSType, Target, Data string }
+
+// bootedSystemMounts are what a booted system (systemd) mounts and a test
+// guest leaves to the code under test, which mounts them when missing: -script
+// gets them ready, as an agent would find them.
+var bootedSystemMounts = []guestMount{
+	{"bpf", "/sys/fs/bpf", "mode=700"},
+	{"tracefs", "/sys/kernel/tracing", ""},
+	{"tmpfs", "/dev/shm", "mode=1777"},
+	{"devpts", "/dev/pts", "gid=5,mode=620,ptmxmode=000"},
+}
+
+// guestScript is a shell script the guest runs as root with sh.
+type guestScript struct {
+	Path string   // in the guest
+	Args []string // $1...
+	Dir  string   // working directory
+}
+
+// scriptExitCode is vmtest's exit code when the script's own is unknown: the
+// guest crashed, timed out, or could not start it.
+const scriptExitCode = 125
+
+// scriptExitMarker, after the marker prefix, reports the script's exit code:
+// "script exit N in 1.2s".
+var scriptExitMarker = regexp.MustCompile(`^script exit (\d+) in `)
 
 // testBinary is one package's compiled tests.
 type testBinary struct {
@@ -55,6 +86,52 @@ func (p *plan) run(ctx context.Context, out io.Writer) int {
 	}
 	fmt.Fprintf(out, "%sdone %d\n", p.markerPrefix(), result)
 	return result
+}
+
+// runScript runs the plan's script with its output on out, then prints a
+// marker line with its exit code (128+N for a script killed by signal N, as
+// shells report it), and returns that code. A script still running at the
+// plan's time limit is killed with everything it started, and the marker
+// line says so instead.
+func (p *plan) runScript(ctx context.Context, out io.Writer) int {
+	s := p.Script
+	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "sh", append([]string{s.Path}, s.Args...)...)
+	cmd.Dir = s.Dir
+	cmd.Env = append(os.Environ(), p.Env...)
+	cmd.Stdout, cmd.Stderr = out, out
+	// Its own process group, so that the time limit ends what it started too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	// When out is not a file, a daemon the script left behind must not keep
+	// the output pipe, and so the run, open.
+	cmd.WaitDelay = 5 * time.Second
+	start := time.Now()
+	err := cmd.Run()
+	elapsed := time.Since(start).Seconds()
+	var ws syscall.WaitStatus
+	if cmd.ProcessState != nil {
+		ws = cmd.ProcessState.Sys().(syscall.WaitStatus)
+	}
+	var code int
+	switch {
+	case cmd.ProcessState == nil:
+		fmt.Fprintf(out, "%sscript did not start: %v\n", p.markerPrefix(), err)
+		return scriptExitCode
+	case ws.Exited():
+		code = ws.ExitStatus()
+	case ws.Signaled() && ctx.Err() != nil:
+		fmt.Fprintf(out, "%sscript killed: still running after the %v limit\n", p.markerPrefix(), p.Timeout)
+		return scriptExitCode
+	case ws.Signaled():
+		code = 128 + int(ws.Signal())
+	default:
+		fmt.Fprintf(out, "%sscript ended in state %v\n", p.markerPrefix(), cmd.ProcessState)
+		return scriptExitCode
+	}
+	fmt.Fprintf(out, "%sscript exit %d in %.1fs\n", p.markerPrefix(), code, elapsed)
+	return code
 }
 
 func (tb testBinary) run(ctx context.Context, env []string, out io.Writer) int {

@@ -43,7 +43,7 @@ func (v vm) boot(ctx context.Context, console io.Writer) error {
 	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fmt.Errorf("the guest was still running after %v: killed it", v.timeout)
+		return fmt.Errorf("the guest was still running after the %v limit (-timeout): killed it", v.timeout)
 	}
 	if err != nil {
 		return fmt.Errorf("qemu: %w", err)

@@ -1,0 +1,259 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lvwatch/lvwatch/internal/size"
+)
+
+// -script: boot the guest, run a shell script in it as root, exit with its
+// exit code. The guest has the tests' kernel, modules, lvm2 and busybox, plus
+// lvwatch (built here), qemu-img and qemu-io, what a booted system mounts
+// (bpffs, tracefs, /dev/shm, /dev/pts) and the scratch disks.
+
+// The guest's layout for a script, besides guestBinDir.
+const (
+	guestScriptDir = "/vmtest/script"
+	guestScriptCwd = "/root"
+)
+
+// guestPasswd and guestGroup name root, for the tools that look the user up (id, whoami).
+const (
+	guestPasswd = "root:x:0:0:root:/root:/bin/sh\n"
+	guestGroup  = "root:x:0:\ntty:x:5:\n"
+)
+
+// scriptMain runs o.script in a guest and returns its exit code, or
+// scriptExitCode when the guest gave none.
+func scriptMain(ctx context.Context, o options) int {
+	start := time.Now()
+	code, err := runScriptHost(ctx, o)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vmtest: %v\n", err)
+		fmt.Fprintf(os.Stderr, "vmtest: FAIL: no exit code from the script: exiting %d\n", scriptExitCode)
+		return scriptExitCode
+	}
+	progress("the script exited %d; %.1fs in all", code, time.Since(start).Seconds())
+	return code
+}
+
+// runScriptHost builds what the guest needs, boots it with the console
+// streamed to stdout, and returns the exit code the guest reported.
+func runScriptHost(ctx context.Context, o options) (int, error) {
+	st, err := os.Stat(o.script)
+	if err != nil {
+		return 0, fmt.Errorf("-script: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return 0, fmt.Errorf("-script %s: not a regular file", o.script)
+	}
+	// The archive copies regular files only: not a symlink to one.
+	scriptFile, err := filepath.EvalSymlinks(o.script)
+	if err != nil {
+		return 0, fmt.Errorf("-script: %w", err)
+	}
+	moduleDir, _, err := module()
+	if err != nil {
+		return 0, err
+	}
+	if o.cacheDir == "" {
+		o.cacheDir = filepath.Join(moduleDir, ".cache", "vmtest")
+	}
+	if err := os.MkdirAll(o.cacheDir, 0o755); err != nil {
+		return 0, err
+	}
+	work, err := os.MkdirTemp("", "vmtest-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(work)
+
+	needed := append([]string{"lvm", "dmsetup"}, vmHostTools...)
+	if err := ensureHostTools(moduleDir, append(needed, scriptPrograms...)); err != nil {
+		return 0, err
+	}
+	progress("building lvwatch and the guest's /init")
+	binDir := filepath.Join(work, "bin")
+	if err := goBuild(moduleDir, "build", "-o", filepath.Join(binDir, "lvwatch"), "./cmd/lvwatch"); err != nil {
+		return 0, err
+	}
+	if err := goBuild(moduleDir, "build", "-o", filepath.Join(work, "init"), "./tools/vmtest"); err != nil {
+		return 0, err
+	}
+	nonce := make([]byte, 4)
+	rand.Read(nonce)
+	p := scriptPlan(o, hex.EncodeToString(nonce))
+	etc := filepath.Join(work, "etc")
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		return 0, err
+	}
+	if err := os.WriteFile(filepath.Join(etc, "passwd"), []byte(guestPasswd), 0o644); err != nil {
+		return 0, err
+	}
+	if err := os.WriteFile(filepath.Join(etc, "group"), []byte(guestGroup), 0o644); err != nil {
+		return 0, err
+	}
+	hostPaths := map[string]string{
+		filepath.Join(guestBinDir, "lvwatch"): filepath.Join(binDir, "lvwatch"),
+		p.Script.Path:                         scriptFile,
+		"/etc/passwd":                         filepath.Join(etc, "passwd"),
+		"/etc/group":                          filepath.Join(etc, "group"),
+	}
+
+	var r scriptResult
+	var console *markerFilter
+	console = newMarkerFilter(os.Stdout, p.markerPrefix(), func(line string) {
+		r.marker(line)
+		if r.exited {
+			// What follows is the guest powering off, not the script's output.
+			console.out = os.Stderr
+		}
+	})
+	what := fmt.Sprintf("for %s, %d scratch disks of %s", o.script, o.disks, size.Format(o.diskSize))
+	err = bootGuest(ctx, o, work, p, hostPaths, console, what)
+	console.flush()
+	if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
+		err = errors.New("interrupted")
+	}
+	return r.result(err)
+}
+
+// scriptPlan is the guest's plan for -script: no tests, the script with its
+// arguments, the booted system's mounts, the scratch disks in the environment.
+func scriptPlan(o options, nonce string) *plan {
+	return &plan{
+		Nonce:   nonce,
+		Timeout: guestLimit(o.timeout),
+		Env: []string{
+			"LVWATCH_BIN=" + filepath.Join(guestBinDir, "lvwatch"),
+			"LVWATCH_SCRATCH_DISKS=" + strings.Join(guestDiskNames(o.disks), " "),
+		},
+		Modules: guestModules,
+		Mounts:  bootedSystemMounts,
+		Script: &guestScript{
+			Path: filepath.Join(guestScriptDir, filepath.Base(o.script)),
+			Args: o.args,
+			Dir:  guestScriptCwd,
+		},
+	}
+}
+
+// scriptResult collects the runner's marker lines of a -script run.
+type scriptResult struct {
+	code   int
+	exited bool   // the guest reported the script's exit code
+	last   string // the last other marker line: why there is none
+}
+
+func (r *scriptResult) marker(line string) {
+	progress("%s", line)
+	if m := scriptExitMarker.FindStringSubmatch(line); m != nil {
+		r.code, _ = strconv.Atoi(m[1])
+		r.exited = true
+		return
+	}
+	r.last = line
+}
+
+// result is the script's exit code, or why there is none. bootErr is the
+// boot's: a guest killed at the time limit, a QEMU that failed.
+func (r *scriptResult) result(bootErr error) (int, error) {
+	switch {
+	case r.exited:
+		if bootErr != nil {
+			progress("after the script exited %d: %v", r.code, bootErr)
+		}
+		return r.code, nil
+	case bootErr != nil:
+		return 0, bootErr
+	case r.last != "":
+		return 0, fmt.Errorf("the guest reported no exit code for the script: %s", r.last)
+	default:
+		return 0, errors.New("the guest stopped without reporting the script's exit code (a kernel panic or a crash of /init: see the console above)")
+	}
+}
+
+// markerFilter passes the guest's console to out as it comes, except the
+// lines that start with the runner's marker prefix, which go to onLine
+// without the prefix and the line end. Only bytes that may still start a
+// marker line wait: at most the prefix's length, at the start of a line.
+type markerFilter struct {
+	out    io.Writer
+	marker string
+	onLine func(string)
+	held   []byte // the start of the current line, a prefix of marker so far
+	inLine bool   // past the start of a line that is not a marker line
+	marked bool   // in a marker line
+	line   []byte // the marker line so far, after the prefix
+}
+
+func newMarkerFilter(out io.Writer, marker string, onLine func(string)) *markerFilter {
+	return &markerFilter{out: out, marker: marker, onLine: onLine}
+}
+
+func (f *markerFilter) Write(b []byte) (int, error) {
+	var pass []byte
+	for _, c := range b {
+		switch {
+		case f.marked:
+			if c == '\n' {
+				// onLine may change out: what came before goes to the old one.
+				if err := f.pass(pass); err != nil {
+					return 0, err
+				}
+				pass = pass[:0]
+				f.onLine(strings.TrimRight(string(f.line), "\r"))
+				f.marked, f.line = false, f.line[:0]
+			} else {
+				f.line = append(f.line, c)
+			}
+		case f.inLine:
+			pass = append(pass, c)
+			f.inLine = c != '\n'
+		case c == f.marker[len(f.held)]:
+			f.held = append(f.held, c)
+			if len(f.held) == len(f.marker) {
+				f.marked, f.held = true, f.held[:0]
+			}
+		default:
+			pass = append(append(pass, f.held...), c)
+			f.held = f.held[:0]
+			f.inLine = c != '\n'
+		}
+	}
+	if err := f.pass(pass); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+func (f *markerFilter) pass(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	_, err := f.out.Write(b)
+	return err
+}
+
+// flush passes on what is held at the end of the output: the start of a
+// last line that looked like a marker, or a marker line cut short.
+func (f *markerFilter) flush() {
+	if len(f.held) > 0 {
+		f.out.Write(f.held)
+		f.held = f.held[:0]
+	}
+	if f.marked {
+		f.onLine(strings.TrimRight(string(f.line), "\r"))
+		f.marked, f.line = false, f.line[:0]
+	}
+}
