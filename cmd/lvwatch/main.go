@@ -28,6 +28,7 @@ func commands() []command {
 		{"refresh", "make an LV's device-mapper table match the LVM metadata on disk", runRefresh},
 		{"mailbox", "initialise or dump the storage mailbox volumes (inbox, outbox)", runMailbox},
 		{"extend", "ask the SPM for a bigger volume through the storage mailbox, as one host", runExtend},
+		{"agent", "watch this host's thin LVs and extend each before it fills (the SPM with --spm)", runAgent},
 		{"spm", "serve extend requests as the storage domains' SPM: validate, lvextend, reply", runSPM},
 		{"version", "print the version", runVersion},
 	}

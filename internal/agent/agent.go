@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"github.com/lvwatch/lvwatch/internal/mailbox"
 	"github.com/lvwatch/lvwatch/internal/refresh"
 	"github.com/lvwatch/lvwatch/internal/spm"
+	"github.com/lvwatch/lvwatch/internal/uevent"
 	"github.com/lvwatch/lvwatch/internal/watch"
 )
 
@@ -33,6 +36,11 @@ type Config struct {
 	PinDir   string // the watcher's pins; default watch.DefaultPinDir
 	StateDir string // the refresher's records; default refresh.DefaultStateDir
 	Log      zerolog.Logger
+
+	// Heartbeat, when set, is called from Run's event loop at least every
+	// HeartbeatEvery (systemd's watchdog): a loop that is stuck stops calling it.
+	Heartbeat      func()
+	HeartbeatEvery time.Duration
 }
 
 // Domain is one storage domain the agent watches the LVs of.
@@ -55,6 +63,9 @@ type Agent struct {
 	ref  *refresh.Refresher
 	spm  *spm.SPM
 	doms map[string]*domain
+	ue   *uevent.Listener
+
+	metrics *metrics
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -95,6 +106,7 @@ func Start(cfg Config) (_ *Agent, err error) {
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log.With().Str("component", "agent").Logger(), doms: map[string]*domain{}, vols: map[watch.Dev]*volume{}}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.metrics = newMetrics(a)
 	defer func() {
 		if err != nil {
 			a.Close()
@@ -139,9 +151,19 @@ func Start(cfg Config) (_ *Agent, err error) {
 	if a.w, err = watch.Open(watch.Options{PinDir: cfg.PinDir, Logger: cfg.Log}); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	// Listening before the first look at device-mapper: an LV activated in
+	// between is seen by one or the other.
+	if a.ue, err = uevent.Listen("block"); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	if err := a.reconcile(); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.followDevices()
+	}()
 	return a, nil
 }
 
@@ -205,34 +227,50 @@ func (a *Agent) add(f found) {
 			d.setPVs(pvs) // a first guess; the refresh completes it (one scan at most)
 		}
 	}
+	a.mu.Lock()
+	_, dup := a.vols[dev]
+	a.mu.Unlock()
+	if dup {
+		return
+	}
 	v, err := newVolume(a, d, f.lv, dev, log)
 	if err != nil {
 		log.Info().Err(err).Msg("LV not watched")
 		return
 	}
 	a.mu.Lock()
-	if _, dup := a.vols[dev]; dup {
-		a.mu.Unlock()
-		return
-	}
 	a.vols[dev] = v
 	a.mu.Unlock()
+	ctx, cancel := context.WithCancel(a.ctx)
+	v.stop = cancel
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		v.run(a.ctx)
+		v.run(ctx)
 	}()
 	v.kick(time.Now()) // the first round arms it, or extends it at once when already past
 }
 
 // Run serves crossings until ctx ends or the watcher fails.
 func (a *Agent) Run(ctx context.Context) error {
+	var lastBeat time.Time
 	for {
-		ev, err := a.w.Read(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+		rctx, cancel := ctx, context.CancelFunc(func() {})
+		if a.cfg.Heartbeat != nil {
+			if time.Since(lastBeat) >= a.cfg.HeartbeatEvery/2 {
+				a.cfg.Heartbeat()
+				lastBeat = time.Now()
 			}
+			rctx, cancel = context.WithTimeout(ctx, a.cfg.HeartbeatEvery/2)
+		}
+		ev, err := a.w.Read(rctx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, context.DeadlineExceeded):
+			continue // the heartbeat's turn
+		case err != nil:
 			return fmt.Errorf("agent: read crossings: %w", err)
 		}
 		a.mu.Lock()
@@ -245,11 +283,72 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
+// followDevices keeps the watched volumes in step with device-mapper from the
+// kernel's uevents: an LV activated is watched, one removed is dropped, one
+// resized by someone else is re-armed. After lost events it looks again.
+func (a *Agent) followDevices() {
+	for {
+		ev, err := a.ue.Read()
+		switch {
+		case errors.Is(err, os.ErrClosed):
+			return
+		case errors.Is(err, uevent.ErrOverflow):
+			a.log.Warn().Err(err).Msg("device events lost; looking at device-mapper again")
+			if err := a.reconcile(); err != nil {
+				a.log.Error().Err(err).Msg("cannot list the active LVs")
+			}
+			continue
+		case err != nil:
+			a.log.Debug().Err(err).Msg("device event not understood")
+			continue
+		}
+		dev := watch.Dev{Major: ev.Major, Minor: ev.Minor}
+		a.mu.Lock()
+		v := a.vols[dev]
+		a.mu.Unlock()
+		switch {
+		case ev.Action == "remove" && v != nil:
+			a.drop(v)
+		case ev.Action == "change" && v != nil && ev.Resize():
+			v.kick(time.Now()) // re-armed at its new size (our own refreshes too: harmless)
+		case (ev.Action == "add" || ev.Action == "change") && v == nil:
+			a.addDevice(dev)
+		}
+	}
+}
+
+// addDevice watches dev if it is an active LV of one of the domains.
+func (a *Agent) addDevice(dev watch.Dev) {
+	info, err := a.ctl.Info(dm.ByDevno(dev.Major, dev.Minor))
+	if err != nil || !info.HasLiveTable() {
+		return // not device-mapper's, gone already, or not loaded yet (its resume sends a change)
+	}
+	d := dm.Device{Name: info.Name, UUID: info.UUID, Major: info.Major, Minor: info.Minor}
+	if lv, vg, ok := matchLV(d, slices.Collect(maps.Keys(a.doms))); ok {
+		a.add(found{vg: vg, lv: lv, dev: d})
+	}
+}
+
+// drop stops watching v: its LV was removed (deactivated) on this host.
+func (a *Agent) drop(v *volume) {
+	a.mu.Lock()
+	delete(a.vols, v.dev)
+	a.mu.Unlock()
+	v.stop()
+	if _, err := a.w.Disarm(v.dev); err != nil {
+		v.log.Warn().Err(err).Msg("cannot disarm a removed LV")
+	}
+	v.log.Info().Msg("LV gone from this host; no longer watched")
+}
+
 // Close stops the volumes' loops (an extension under way ends at its next step:
 // a refresh is never cut in the middle), the SPM and the mailboxes, and keeps
 // the watcher's pins: armings stay, and crossings meanwhile wait for the next start.
 func (a *Agent) Close() error {
 	a.cancel()
+	if a.ue != nil {
+		a.ue.Close()
+	}
 	a.wg.Wait()
 	var errs []error
 	for _, d := range a.doms {

@@ -64,6 +64,7 @@ type volume struct {
 	max    uint64
 	log    zerolog.Logger
 	kicked chan time.Time // when the crossing write was queued (or now)
+	stop   context.CancelFunc
 
 	mu sync.Mutex
 	st VolumeStatus
@@ -228,12 +229,14 @@ func (v *volume) extend(ctx context.Context, sz uint64, crossed time.Time) (agai
 	ph := Phases{From: sz, To: want, Detect: time.Since(crossed)}
 	t0 := time.Now()
 	if err := v.request(ctx, want); err != nil {
+		v.a.metrics.failed("request")
 		return false, err
 	}
 	t1 := time.Now()
 	ph.Request = t1.Sub(t0)
 	res, err := v.a.ref.Refresh(ctx, v.d.VG, v.lv, v.d.pvs())
 	if err != nil {
+		v.a.metrics.failed("refresh")
 		return false, fmt.Errorf("refresh: %w", err)
 	}
 	v.d.setPVs(res.Devices)
@@ -241,16 +244,19 @@ func (v *volume) extend(ctx context.Context, sz uint64, crossed time.Time) (agai
 	ph.Refresh = t2.Sub(t1)
 	// A vdsm SPM's reply carries the size asked for, not the LV's: the metadata tells.
 	if res.NewSize < want {
+		v.a.metrics.failed("verify")
 		return false, fmt.Errorf("the SPM granted %s but the LV has %s in the metadata", size.Format(want), size.Format(res.NewSize))
 	}
 	again, err = v.arm(res.NewSize)
 	if err != nil {
+		v.a.metrics.failed("arm")
 		return false, err
 	}
 	ph.Rearm = time.Since(t2)
 	ph.To = res.NewSize
 	ph.Total = time.Since(crossed)
 	v.set(func(st *VolumeStatus) { st.Extensions++; st.Size = res.NewSize; st.Last = &ph })
+	v.a.metrics.observe(ph)
 	v.log.Info().Str("from", size.Format(sz)).Str("to", size.Format(res.NewSize)).Dur("detect", ph.Detect).
 		Dur("request", ph.Request).Dur("refresh", ph.Refresh).Dur("rearm", ph.Rearm).Dur("total", ph.Total).
 		Bool("past_again", again).Msg("LV extended")

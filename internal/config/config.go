@@ -31,13 +31,41 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/lvwatch/lvwatch/internal/agent"
 	"github.com/lvwatch/lvwatch/internal/size"
 	"github.com/lvwatch/lvwatch/internal/spm"
 )
 
 // File is the configuration file.
 type File struct {
-	SPM SPM `toml:"spm"`
+	Agent Agent `toml:"agent"`
+	SPM   SPM   `toml:"spm"`
+}
+
+// Agent is the [agent] section.
+type Agent struct {
+	HostID   int           `toml:"host_id"`
+	SPM      bool          `toml:"spm"` // run the SPM in the agent's process ([spm]'s settings)
+	Chunk    *Size         `toml:"chunk"`
+	Trigger  *Size         `toml:"trigger"`
+	Overhead float64       `toml:"overhead"`
+	PinDir   string        `toml:"pin_dir"`
+	StateDir string        `toml:"state_dir"`
+	Status   string        `toml:"status_socket"`
+	Metrics  string        `toml:"metrics"` // listen address: host:port, or a unix socket path; "" for none
+	Domains  []AgentDomain `toml:"domain"`
+}
+
+// AgentDomain is one [[agent.domain]].
+type AgentDomain struct {
+	VG         string   `toml:"vg"`
+	Inbox      string   `toml:"inbox"`
+	Outbox     string   `toml:"outbox"`
+	Devices    []string `toml:"devices"`
+	Chunk      *Size    `toml:"chunk"`
+	Trigger    *Size    `toml:"trigger"`
+	Raw        bool     `toml:"raw"`
+	MaxRawSize *Size    `toml:"max_raw_size"`
 }
 
 // SPM is the [spm] section.
@@ -119,16 +147,56 @@ func Load(path string) (*File, error) {
 // SPMConfig is the [spm] section as the SPM takes it, each domain with the
 // section's defaults where it sets none. The SPM validates the rest at Start.
 func (f *File) SPMConfig() (spm.Config, error) {
-	s := f.SPM
-	if len(s.Domains) == 0 {
+	if len(f.SPM.Domains) == 0 {
 		return spm.Config{}, errors.New("config: [spm] has no [[spm.domain]]")
 	}
+	return f.SPM.config(f.SPM.Domains)
+}
+
+// AgentConfig is the [agent] section as the agent takes it, each domain with
+// the section's policy where it sets none; with spm = true, the SPM's settings
+// come from [spm], and its domains are [spm]'s or else the agent's.
+func (f *File) AgentConfig() (agent.Config, error) {
+	s := f.Agent
+	if len(s.Domains) == 0 {
+		return agent.Config{}, errors.New("config: [agent] has no [[agent.domain]]")
+	}
+	if s.HostID == 0 {
+		return agent.Config{}, errors.New("config: [agent] needs host_id, this host's id in the domains' mailboxes (1..249)")
+	}
+	cfg := agent.Config{HostID: s.HostID, PinDir: s.PinDir, StateDir: s.StateDir}
+	for _, d := range s.Domains {
+		cfg.Domains = append(cfg.Domains, agent.Domain{
+			VG: d.VG, Inbox: d.Inbox, Outbox: d.Outbox, Devices: d.Devices,
+			Policy: agent.Policy{Chunk: uint64(orSize(d.Chunk, s.Chunk)), Trigger: uint64(orSize(d.Trigger, s.Trigger)), Overhead: s.Overhead},
+			Raw:    d.Raw, MaxRawSize: uint64(orSize(d.MaxRawSize, nil)),
+		})
+	}
+	if s.SPM {
+		domains := f.SPM.Domains
+		if len(domains) == 0 {
+			for _, d := range s.Domains {
+				domains = append(domains, Domain{VG: d.VG, Inbox: d.Inbox, Outbox: d.Outbox, Devices: d.Devices})
+			}
+		}
+		sc, err := f.SPM.config(domains)
+		if err != nil {
+			return agent.Config{}, err
+		}
+		cfg.SPM = &sc
+	}
+	return cfg, nil
+}
+
+// config is the section's settings for domains, each with the section's
+// defaults where it sets none.
+func (s SPM) config(domains []Domain) (spm.Config, error) {
 	if err := s.check(); err != nil {
 		return spm.Config{}, err
 	}
 	cfg := spm.Config{LVM: s.LVM, EventPollMin: time.Duration(s.EventPollMin),
 		EventPollMax: time.Duration(s.EventPollMax), ScanInterval: time.Duration(s.ScanInterval)}
-	for _, d := range s.Domains {
+	for _, d := range domains {
 		poll := d.SpacePoll
 		if poll == 0 {
 			poll = s.SpacePoll

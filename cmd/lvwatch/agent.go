@@ -1,0 +1,135 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/lvwatch/lvwatch/internal/agent"
+	"github.com/lvwatch/lvwatch/internal/config"
+	"github.com/lvwatch/lvwatch/internal/size"
+	"github.com/lvwatch/lvwatch/internal/spm"
+)
+
+func runAgent(ctx context.Context, args []string) error {
+	fs := newFlagSet("agent")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: lvwatch agent --domain VG --host-id N [--spm] [--devices PV,...] [--chunk SIZE] [--trigger SIZE]\n"+
+			"       lvwatch agent --config FILE\n\n"+
+			"Watches the domain's active qcow2 LVs on this host and extends each before its image\n"+
+			"reaches the end: a write past the threshold asks the SPM for one chunk more through the\n"+
+			"mailbox, then the LV's table is reloaded and the threshold re-armed. --spm also serves the\n"+
+			"domain's extend requests as its SPM in this process. Runs until SIGTERM or ^C.")
+		fs.PrintDefaults()
+	}
+	cfgPath := fs.String("config", "", "the configuration file ([agent], [[agent.domain]], [spm]); excludes the domain flags")
+	domain := fs.String("domain", "", "the storage domain: its VG, named by the domain UUID")
+	hostID := fs.Int("host-id", 0, "this host's id in the domain's mailbox (1..249)")
+	runSPM := fs.Bool("spm", false, "also run the domain's SPM in this process")
+	devices := fs.String("devices", "", "comma-separated PVs of the VG (default: found from the LVs' tables)")
+	chunk := fs.String("chunk", "", "what one extension adds (default "+size.Format(agent.DefaultChunk)+")")
+	trigger := fs.String("trigger", "", "free space left in an LV when it is extended (default "+size.Format(agent.DefaultTrigger)+")")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics here: host:port (loopback advised) or a unix socket path")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, metrics, err := agentConfig(*cfgPath, *domain, *hostID, *runSPM, *devices, *chunk, *trigger)
+	if err != nil {
+		return err
+	}
+	if *metricsAddr != "" {
+		metrics = *metricsAddr
+	}
+	cfg.Log = logger
+	if every, err := daemon.SdWatchdogEnabled(false); err == nil && every > 0 {
+		cfg.Heartbeat = func() { daemon.SdNotify(false, daemon.SdNotifyWatchdog) }
+		cfg.HeartbeatEvery = every
+	}
+	a, err := agent.Start(cfg)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	if metrics != "" {
+		stop, err := serveMetrics(metrics, a.Handler())
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	daemon.SdNotify(false, daemon.SdNotifyReady)
+	err = a.Run(ctx)
+	daemon.SdNotify(false, daemon.SdNotifyStopping)
+	return err
+}
+
+// agentConfig builds the agent's configuration from the file or from the
+// flags, and returns the metrics address the file gives.
+func agentConfig(path, domain string, hostID int, runSPM bool, devices, chunk, trigger string) (agent.Config, string, error) {
+	if path != "" {
+		if domain != "" || hostID != 0 || runSPM || devices != "" || chunk != "" || trigger != "" {
+			return agent.Config{}, "", fmt.Errorf("%w: --config excludes --domain, --host-id, --spm, --devices, --chunk and --trigger", errUsage)
+		}
+		f, err := config.Load(path)
+		if err != nil {
+			return agent.Config{}, "", err
+		}
+		cfg, err := f.AgentConfig()
+		return cfg, f.Agent.Metrics, err
+	}
+	if domain == "" || hostID == 0 {
+		return agent.Config{}, "", fmt.Errorf("%w: --domain and --host-id, or --config, are required", errUsage)
+	}
+	d := agent.Domain{VG: domain}
+	if devices != "" {
+		d.Devices = strings.Split(devices, ",")
+	}
+	for _, f := range []struct {
+		name, value string
+		dst         *uint64
+	}{{"--chunk", chunk, &d.Policy.Chunk}, {"--trigger", trigger, &d.Policy.Trigger}} {
+		if f.value == "" {
+			continue
+		}
+		n, err := size.Parse(f.value)
+		if err != nil {
+			return agent.Config{}, "", fmt.Errorf("%w: %s: %v", errUsage, f.name, err)
+		}
+		*f.dst = n
+	}
+	cfg := agent.Config{HostID: hostID, Domains: []agent.Domain{d}}
+	if runSPM {
+		cfg.SPM = &spm.Config{Domains: []spm.DomainConfig{{VG: domain, Devices: d.Devices}}}
+	}
+	return cfg, "", nil
+}
+
+// serveMetrics serves h on addr: a unix socket when addr is a path, else TCP.
+func serveMetrics(addr string, h http.Handler) (stop func(), err error) {
+	network := "tcp"
+	if strings.HasPrefix(addr, "/") {
+		network = "unix"
+		os.Remove(addr) // a socket left by an earlier run
+	}
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error().Err(err).Str("address", addr).Msg("metrics server stopped")
+		}
+	}()
+	logger.Info().Str("address", addr).Msg("serving metrics")
+	return func() { srv.Close() }, nil
+}
