@@ -117,4 +117,56 @@ func TestDeployExample(t *testing.T) {
 	if d := cfg.Domains[0]; d.MaxLVSize != 2<<40 || d.Reserve != 10<<30 || len(d.Devices) != 1 {
 		t.Errorf("domain %+v", d)
 	}
+	ac, err := f.AgentConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ac.HostID != 1 || ac.SPM != nil || len(ac.Domains) != 1 || f.Agent.Metrics != "127.0.0.1:9753" {
+		t.Fatalf("agent %+v", ac)
+	}
+	if p := ac.Domains[0].Policy; p.Chunk != 2<<30 || p.Trigger != 1<<30 || p.Overhead != 1.1 {
+		t.Errorf("domain policy %+v", p)
+	}
+}
+
+// An agent with spm = true and no [[spm.domain]] serves its own domains with
+// [spm]'s settings; [agent] without host_id or domains is refused.
+func TestAgentConfig(t *testing.T) {
+	f, err := Parse([]byte(`
+[agent]
+host_id = 7
+spm = true
+chunk = "256MiB"
+[[agent.domain]]
+vg = "8adbc85e-e554-4ae0-b318-8a5465fe5fe1"
+trigger = "128MiB"
+[spm]
+reserve = "1GiB"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := f.AgentConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := cfg.Domains[0].Policy; cfg.HostID != 7 || p.Chunk != 256<<20 || p.Trigger != 128<<20 {
+		t.Errorf("agent %+v", cfg)
+	}
+	if cfg.SPM == nil || len(cfg.SPM.Domains) != 1 || cfg.SPM.Domains[0].VG != cfg.Domains[0].VG || cfg.SPM.Domains[0].Reserve != 1<<30 {
+		t.Errorf("co-located SPM %+v", cfg.SPM)
+	}
+	for _, bad := range []string{
+		"[agent]\nhost_id = 1\n",
+		"[agent]\n[[agent.domain]]\nvg = \"8adbc85e-e554-4ae0-b318-8a5465fe5fe1\"\n",
+		"[agent]\nhost_id = 1\nchunks = \"1GiB\"\n",
+	} {
+		f, err := Parse([]byte(bad))
+		if err == nil {
+			_, err = f.AgentConfig()
+		}
+		if err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
 }

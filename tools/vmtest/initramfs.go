@@ -26,6 +26,9 @@ var (
 	scriptPrograms = []string{"qemu-img", "qemu-io"}
 )
 
+// lvmdbusdProfile is the command profile lvm2 ships for lvmdbusd: the SPM's lvm shell reports through it.
+const lvmdbusdProfile = "/etc/lvm/profile/lvmdbusd.profile"
+
 // guestLVMConf is the guest's /etc/lvm/lvm.conf: there is no udev in the guest,
 // so lvm creates the /dev/mapper nodes itself and waits for nobody. Tests that
 // run lvm bring their own stricter configuration through LVM_SYSTEM_DIR.
@@ -66,7 +69,7 @@ func baseInitramfs(cacheDir string, k kernel) (string, error) {
 	}
 	header := fmt.Sprintf("%s\n%s %s\n%s\n%q\n", baseFormat, k.Release, k.Version, guestLVMConf, guestModules)
 	return cachedArchive(cacheDir, "initramfs", header, files, "the base initramfs for "+k.Release, func(w *cpioWriter) {
-		for _, d := range []string{"bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "root", "etc/lvm"} {
+		for _, d := range []string{"bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "root", "etc/lvm", "etc/lvm/profile"} {
 			w.dir(d)
 		}
 		// The kernel opens /dev/console for init before anything is mounted.
@@ -152,6 +155,8 @@ func baseFiles(k kernel) ([]baseFile, error) {
 	}
 	// busybox is static: ldd has nothing to say about it.
 	files = append([]baseFile{{guest: busyboxPath, host: busyboxPath}}, files...)
+	// The SPM's lvm shell reports through the command profile lvm2 ships for lvmdbusd.
+	files = append(files, baseFile{guest: lvmdbusdProfile, host: lvmdbusdProfile})
 	// lvm's commands are symlinks to it (lvcreate -> lvm): carry them over.
 	links, err := symlinksTo(filepath.Dir(guestPrograms[0]), "lvm")
 	if err != nil {
