@@ -30,6 +30,7 @@ func commands() []command {
 		{"extend", "ask the SPM for a bigger volume through the storage mailbox, as one host", runExtend},
 		{"agent", "watch this host's thin LVs and extend each before it fills (the SPM with --spm)", runAgent},
 		{"spm", "serve extend requests as the storage domains' SPM: validate, lvextend, reply", runSPM},
+		{"status", "show what the agent running here is doing: its LVs, extensions and SPM", runStatus},
 		{"version", "print the version", runVersion},
 	}
 }
