@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/lvwatch/lvwatch/internal/config"
 	"github.com/lvwatch/lvwatch/internal/size"
 	"github.com/lvwatch/lvwatch/internal/spm"
+	"github.com/lvwatch/lvwatch/internal/statusd"
 )
 
 func runAgent(ctx context.Context, args []string) error {
@@ -37,16 +39,16 @@ func runAgent(ctx context.Context, args []string) error {
 	chunk := fs.String("chunk", "", "what one extension adds (default "+size.Format(agent.DefaultChunk)+")")
 	trigger := fs.String("trigger", "", "free space left in an LV when it is extended (default "+size.Format(agent.DefaultTrigger)+")")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics here: host:port (loopback advised) or a unix socket path")
+	statusSocket := fs.String("socket", "", "serve `lvwatch status` on this unix socket (default "+statusd.DefaultSocket+")")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	cfg, metrics, err := agentConfig(*cfgPath, *domain, *hostID, *runSPM, *devices, *chunk, *trigger)
+	cfg, ends, err := agentConfig(*cfgPath, *domain, *hostID, *runSPM, *devices, *chunk, *trigger)
 	if err != nil {
 		return err
 	}
-	if *metricsAddr != "" {
-		metrics = *metricsAddr
-	}
+	metrics := cmp.Or(*metricsAddr, ends.metrics)
+	socket := cmp.Or(*statusSocket, ends.status, statusd.DefaultSocket)
 	cfg.Log = logger
 	if every, err := daemon.SdWatchdogEnabled(false); err == nil && every > 0 {
 		cfg.Heartbeat = func() { daemon.SdNotify(false, daemon.SdNotifyWatchdog) }
@@ -57,6 +59,11 @@ func runAgent(ctx context.Context, args []string) error {
 		return err
 	}
 	defer a.Close()
+	sd, err := statusd.Serve(socket, func() any { return a.Status() }, logger)
+	if err != nil {
+		return err
+	}
+	defer sd.Close()
 	if metrics != "" {
 		stop, err := serveMetrics(metrics, a.Handler())
 		if err != nil {
@@ -70,22 +77,24 @@ func runAgent(ctx context.Context, args []string) error {
 	return err
 }
 
-// agentConfig builds the agent's configuration from the file or from the
-// flags, and returns the metrics address the file gives.
-func agentConfig(path, domain string, hostID int, runSPM bool, devices, chunk, trigger string) (agent.Config, string, error) {
+// endpoints are where the agent serves its metrics and status, as the file says.
+type endpoints struct{ metrics, status string }
+
+// agentConfig builds the agent's configuration from the file or from the flags.
+func agentConfig(path, domain string, hostID int, runSPM bool, devices, chunk, trigger string) (agent.Config, endpoints, error) {
 	if path != "" {
 		if domain != "" || hostID != 0 || runSPM || devices != "" || chunk != "" || trigger != "" {
-			return agent.Config{}, "", fmt.Errorf("%w: --config excludes --domain, --host-id, --spm, --devices, --chunk and --trigger", errUsage)
+			return agent.Config{}, endpoints{}, fmt.Errorf("%w: --config excludes --domain, --host-id, --spm, --devices, --chunk and --trigger", errUsage)
 		}
 		f, err := config.Load(path)
 		if err != nil {
-			return agent.Config{}, "", err
+			return agent.Config{}, endpoints{}, err
 		}
 		cfg, err := f.AgentConfig()
-		return cfg, f.Agent.Metrics, err
+		return cfg, endpoints{f.Agent.Metrics, f.Agent.Status}, err
 	}
 	if domain == "" || hostID == 0 {
-		return agent.Config{}, "", fmt.Errorf("%w: --domain and --host-id, or --config, are required", errUsage)
+		return agent.Config{}, endpoints{}, fmt.Errorf("%w: --domain and --host-id, or --config, are required", errUsage)
 	}
 	d := agent.Domain{VG: domain}
 	if devices != "" {
@@ -100,7 +109,7 @@ func agentConfig(path, domain string, hostID int, runSPM bool, devices, chunk, t
 		}
 		n, err := size.Parse(f.value)
 		if err != nil {
-			return agent.Config{}, "", fmt.Errorf("%w: %s: %v", errUsage, f.name, err)
+			return agent.Config{}, endpoints{}, fmt.Errorf("%w: %s: %v", errUsage, f.name, err)
 		}
 		*f.dst = n
 	}
@@ -108,7 +117,7 @@ func agentConfig(path, domain string, hostID int, runSPM bool, devices, chunk, t
 	if runSPM {
 		cfg.SPM = &spm.Config{Domains: []spm.DomainConfig{{VG: domain, Devices: d.Devices}}}
 	}
-	return cfg, "", nil
+	return cfg, endpoints{}, nil
 }
 
 // serveMetrics serves h on addr: a unix socket when addr is a path, else TCP.
