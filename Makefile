@@ -32,7 +32,11 @@ check-generate: generate ## Fail if the committed generated files differ from a 
 		{ echo "generated BPF files differ from the committed ones: run 'make generate' and commit" >&2; exit 1; }
 
 .PHONY: demo
-demo: deps build ## Run the demo: the watcher on a loop device with the embedded default (root)
+demo: deps ## Show lvwatch growing a thin LV live while qemu-img writes onto it (in the QEMU guest)
+	$(GO) run ./tools/vmtest -script tools/scenarios/qemu-img.sh
+
+.PHONY: demo-watch
+demo-watch: deps build ## Show the watcher alone on a loop device with the embedded default (root)
 	$(BIN) demo
 
 .PHONY: test
@@ -41,10 +45,15 @@ test: deps ## Run all tests: unit, privileged (root) and the device-mapper tests
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
 	$(MAKE) vmtest
+	$(MAKE) scenarios
 
 .PHONY: vmtest
 vmtest: deps ## Run the device-mapper tests in a QEMU guest (directly when the host has device-mapper)
 	$(GO) run ./tools/vmtest
+
+.PHONY: scenarios
+scenarios: deps ## Run the end-to-end scenarios in the QEMU guest (tools/scenarios: real qemu-img, LVM2, dm, BPF)
+	@for s in tools/scenarios/*.sh; do echo "scenario $$s"; $(GO) run ./tools/vmtest -script $$s || exit 1; done
 
 .PHONY: bench
 bench: deps ## Run the benchmarks (root) and print their figures
