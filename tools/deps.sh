@@ -10,6 +10,7 @@ packages=(
 	e2fsprogs                    # mkfs.ext4: a file system the signature probe must recognise
 	qemu-utils                   # qemu-img / qemu-io: the real qcow2 writer
 	qemu-system-x86 busybox-static cpio kmod  # tools/vmtest: a real kernel with device-mapper (cpio: its archive test)
+	systemd                      # systemd-analyze: cmd/lvwatch's TestDeployUnit verifies deploy/lvwatch.service
 )
 
 missing=()
