@@ -7,11 +7,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // A command is one subcommand: its name, a one-line summary and its runner.
@@ -81,9 +83,17 @@ func usage() {
 }
 
 // logger is the process logger: JSON lines on stderr, one event per line,
-// so that journald and log shippers keep the fields.
+// so that journald and log shippers keep the fields; on a terminal, the same
+// events for a person to read.
 // Info by default: debug lines (every mailbox poll, every table loaded) are for --log-level debug.
-var logger = zerolog.New(os.Stderr).Level(zerolog.InfoLevel).With().Timestamp().Logger()
+var logger = zerolog.New(logOutput()).Level(zerolog.InfoLevel).With().Timestamp().Logger()
+
+func logOutput() io.Writer {
+	if _, err := unix.IoctlGetTermios(int(os.Stderr.Fd()), unix.TCGETS); err == nil {
+		return zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: "15:04:05.000"}
+	}
+	return os.Stderr
+}
 
 // newFlagSet returns a flag set for a subcommand with the flags every command shares.
 func newFlagSet(name string) *flag.FlagSet {

@@ -6,8 +6,10 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/lvwatch/lvwatch/internal/agent"
 	"github.com/lvwatch/lvwatch/internal/dm/dmtest"
+	"github.com/lvwatch/lvwatch/internal/latency"
 	"github.com/lvwatch/lvwatch/internal/lvm"
 	"github.com/lvwatch/lvwatch/internal/lvm/lvmtest"
 	"github.com/lvwatch/lvwatch/internal/mailbox"
@@ -200,4 +203,63 @@ func TestWriterNeverMeetsTheEnd(t *testing.T) {
 			t.Logf("%s: %d MiB, %d extensions, last %+v", v.LV, v.Size>>20, v.Extensions, *v.Last)
 		}
 	}
+	// The metrics say the same.
+	rec := httptest.NewRecorder()
+	a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	var total, armed float64
+	for _, l := range strings.Split(rec.Body.String(), "\n") {
+		fmt.Sscanf(l, `lvwatch_extension_phase_seconds_count{phase="total"} %g`, &total)
+		fmt.Sscanf(l, `lvwatch_watched_volumes{state="armed"} %g`, &armed)
+	}
+	if total < 4 || armed != 2 {
+		t.Errorf("metrics: %g extensions timed, %g volumes armed; want ≥ 4 and 2:\n%s", total, armed, rec.Body.String())
+	}
+}
+
+// One extension end to end, from the crossing write to the re-armed, bigger LV,
+// per phase, beside the vdsm way of doing the same step in the same guest: an
+// lvextend process (metadata only, as on the SPM host), then `lvchange --refresh`
+// on the host that runs the VM.
+func BenchmarkExtension(b *testing.B) {
+	s := newSite(b, 2<<30)
+	ours, theirs := s.qcowLV(b, "64m"), s.qcowLV(b, "64m")
+	const chunk = 8 << 20
+	a := startAgent(b, s, agent.Policy{Chunk: chunk, Trigger: chunk})
+	status := func() agent.VolumeStatus {
+		for _, v := range a.Status().Volumes {
+			if v.LV == ours {
+				return v
+			}
+		}
+		b.Fatalf("%s not watched", ours)
+		return agent.VolumeStatus{}
+	}
+	testutil.WaitFor(b, time.Minute, "the volume armed", func() bool { return status().State == agent.StateArmed })
+	var phases [5][]time.Duration
+	b.ResetTimer()
+	for range b.N {
+		before := status()
+		testutil.WriteDirect(b, s.path(ours), int64(before.Threshold)) // ends past the threshold
+		testutil.WaitFor(b, time.Minute, "the extension", func() bool {
+			v := status()
+			return v.Extensions > before.Extensions && v.State == agent.StateArmed
+		})
+		ph := *status().Last
+		for i, d := range []time.Duration{ph.Total, ph.Detect, ph.Request, ph.Refresh, ph.Rearm} {
+			phases[i] = append(phases[i], d)
+		}
+	}
+	b.StopTimer()
+	var vdsm []time.Duration
+	for i := range b.N {
+		t0 := time.Now()
+		s.env.MustRun("lvextend", "-q", "-L", fmt.Sprintf("%dm", 64+8*(i+1)), s.vg+"/"+theirs)
+		s.env.MustRun(append(append([]string{"lvchange", "-q", "--refresh"}, activation...), s.vg+"/"+theirs)...)
+		vdsm = append(vdsm, time.Since(t0))
+	}
+	for i, name := range []string{"total", "detect", "request", "refresh", "rearm"} {
+		latency.Report(b, name, phases[i], time.Millisecond)
+	}
+	latency.Report(b, "vdsm-chain", vdsm, time.Millisecond)
+	b.ReportMetric(float64(latency.Quantile(vdsm, 0.5))/float64(latency.Quantile(phases[0], 0.5)), "p50-ratio")
 }
