@@ -104,6 +104,9 @@ func Start(cfg Config) (_ *Agent, err error) {
 	if len(cfg.Domains) == 0 {
 		return nil, errors.New("agent: no domain to watch")
 	}
+	if cfg.Heartbeat != nil && cfg.HeartbeatEvery <= 0 {
+		return nil, errors.New("agent: a heartbeat needs its interval")
+	}
 	a := &Agent{cfg: cfg, log: cfg.Log.With().Str("component", "agent").Logger(), doms: map[string]*domain{}, vols: map[watch.Dev]*volume{}}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.metrics = newMetrics(a)

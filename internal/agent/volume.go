@@ -11,7 +11,6 @@ import (
 
 	"github.com/lvwatch/lvwatch/internal/backoff"
 	"github.com/lvwatch/lvwatch/internal/blockdev"
-	"github.com/lvwatch/lvwatch/internal/lvm"
 	"github.com/lvwatch/lvwatch/internal/mailbox"
 	"github.com/lvwatch/lvwatch/internal/qcow2"
 	"github.com/lvwatch/lvwatch/internal/size"
@@ -60,7 +59,7 @@ type volume struct {
 	lv     string
 	id     mailbox.UUID
 	dev    watch.Dev
-	path   string // /dev/mapper/VG-LV
+	path   string // /dev/dm-N
 	max    uint64
 	log    zerolog.Logger
 	kicked chan time.Time // when the crossing write was queued (or now)
@@ -75,7 +74,12 @@ func newVolume(a *Agent, d *domain, lv string, dev watch.Dev, log zerolog.Logger
 	if err != nil {
 		return nil, fmt.Errorf("the LV name is not a volume UUID: %w", err)
 	}
-	path := "/dev/mapper/" + lvm.DMName(d.VG, lv)
+	// The kernel's own node (devtmpfs makes it before the device's uevent goes
+	// out), not /dev/mapper/VG-LV: udev may not have made that one yet.
+	path, err := devPath(dev.Major, dev.Minor)
+	if err != nil {
+		return nil, err
+	}
 	hdr, err := qcow2.ProbePath(path)
 	var maxSize uint64
 	switch {
