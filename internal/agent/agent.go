@@ -33,6 +33,10 @@ type Config struct {
 	// and Log are filled in from the agent's), woken by this host's requests.
 	SPM *spm.Config
 
+	// WaitingAfter is how long a request goes unanswered before its volume's
+	// state says waiting (the SPM is away, or the VG is full); default 30 s.
+	WaitingAfter time.Duration
+
 	PinDir   string // the watcher's pins; default watch.DefaultPinDir
 	StateDir string // the refresher's records; default refresh.DefaultStateDir
 	Log      zerolog.Logger
@@ -53,6 +57,9 @@ type Domain struct {
 	Raw        bool
 	MaxRawSize uint64
 }
+
+// DefaultWaitingAfter is Config.WaitingAfter's default.
+const DefaultWaitingAfter = 30 * time.Second
 
 // Agent is a running agent.
 type Agent struct {
@@ -106,6 +113,9 @@ func Start(cfg Config) (_ *Agent, err error) {
 	}
 	if cfg.Heartbeat != nil && cfg.HeartbeatEvery <= 0 {
 		return nil, errors.New("agent: a heartbeat needs its interval")
+	}
+	if cfg.WaitingAfter <= 0 {
+		cfg.WaitingAfter = DefaultWaitingAfter
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log.With().Str("component", "agent").Logger(), doms: map[string]*domain{}, vols: map[watch.Dev]*volume{}}
 	a.ctx, a.cancel = context.WithCancel(context.Background())

@@ -105,16 +105,17 @@ func (s *site) qcowLV(t testing.TB, size string) string {
 
 func startAgent(t testing.TB, s *site, policy agent.Policy) *agent.Agent {
 	t.Helper()
+	return startAgentWith(t, s, agent.Config{Domains: []agent.Domain{{VG: s.vg, Policy: policy}}, SPM: &spm.Config{}})
+}
+
+// startAgentWith runs an agent of cfg (its host id, pins, records and log filled in).
+func startAgentWith(t testing.TB, s *site, cfg agent.Config) *agent.Agent {
+	t.Helper()
 	pins := filepath.Join("/sys/fs/bpf", fmt.Sprintf("lvwatch-test-%d-agent", os.Getpid()))
 	t.Cleanup(func() { os.RemoveAll(pins) })
-	a, err := agent.Start(agent.Config{
-		HostID:   1,
-		Domains:  []agent.Domain{{VG: s.vg, Policy: policy}},
-		SPM:      &spm.Config{},
-		PinDir:   pins,
-		StateDir: t.TempDir(),
-		Log:      zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel),
-	})
+	cfg.HostID, cfg.PinDir, cfg.StateDir = 1, pins, t.TempDir()
+	cfg.Log = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
+	a, err := agent.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,6 +214,42 @@ func TestWriterNeverMeetsTheEnd(t *testing.T) {
 	}
 	if total < 4 || armed != 2 {
 		t.Errorf("metrics: %g extensions timed, %g volumes armed; want ≥ 4 and 2:\n%s", total, armed, rec.Body.String())
+	}
+}
+
+// With no SPM answering, a volume that needs space says it waits, and asks no
+// more than its one standing request; an SPM started later serves that request
+// and the volume is armed again.
+func TestWaitsForAnAbsentSPM(t *testing.T) {
+	testutil.RequireRoot(t)
+	s := newSite(t, 1<<30)
+	lv := s.qcowLV(t, "32m")
+	a := startAgentWith(t, s, agent.Config{
+		Domains:      []agent.Domain{{VG: s.vg, Policy: agent.Policy{Chunk: 64 << 20, Trigger: 48 << 20}}},
+		WaitingAfter: time.Second,
+	})
+	state := func() agent.VolumeStatus {
+		if vs := a.Status().Volumes; len(vs) == 1 && vs[0].LV == lv {
+			return vs[0]
+		}
+		t.Fatalf("the volumes watched: %+v", a.Status().Volumes)
+		return agent.VolumeStatus{}
+	}
+	testutil.WaitFor(t, time.Minute, "the volume to wait for the SPM", func() bool { return state().State == agent.StateWaiting })
+	if v := state(); v.Size != 32<<20 || v.Error == "" {
+		t.Errorf("waiting volume %+v: want 32 MiB and the reason", v)
+	}
+	sp, err := spm.Start(spm.Config{Domains: []spm.DomainConfig{{VG: s.vg}}, Log: zerolog.New(zerolog.NewTestWriter(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	testutil.WaitFor(t, time.Minute, "the volume extended and armed", func() bool {
+		v := state()
+		return v.State == agent.StateArmed && v.Size == 96<<20
+	})
+	if st := sp.Status().Domains[0]; st.Requests != 1 || st.Extended != 1 {
+		t.Errorf("the SPM got %d requests (%d extended): want the one standing request", st.Requests, st.Extended)
 	}
 }
 

@@ -152,12 +152,10 @@ func (v *volume) run(ctx context.Context) {
 	}
 }
 
-// Retries of a failed step wait 100 ms, doubling up to 10 s; the SPM's silence is
-// logged every waitLog while the request stands.
+// Retries of a failed step wait 100 ms, doubling up to 10 s.
 const (
 	minRetry = 100 * time.Millisecond
 	maxRetry = 10 * time.Second
-	waitLog  = 30 * time.Second
 )
 
 // serve brings the volume to a size whose threshold no write has passed yet,
@@ -269,10 +267,11 @@ func (v *volume) extend(ctx context.Context, sz uint64, crossed time.Time) (agai
 
 // request asks the SPM for want bytes and waits for its answer as long as it
 // takes: a full VG keeps the request with no reply until a PV is added. The wait
-// is logged every waitLog; asking again joins the request standing in its slot.
+// makes the volume's state waiting after Config.WaitingAfter; asking again joins
+// the request standing in its slot.
 func (v *volume) request(ctx context.Context, want uint64) error {
 	for {
-		rctx, cancel := context.WithTimeout(ctx, waitLog)
+		rctx, cancel := context.WithTimeout(ctx, v.a.cfg.WaitingAfter)
 		granted, err := v.d.host.Extend(rctx, v.d.id, v.id, want>>20)
 		cancel()
 		switch {
