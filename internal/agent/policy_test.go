@@ -40,12 +40,12 @@ func TestLVOfDMName(t *testing.T) {
 	prefix := "3f8e9c3a--5b4e--4a43--9d6e--1f2a3b4c5d6e-"
 	for name, want := range map[string]string{
 		prefix + "a1b2c3d4--0000--4000--8000--000000000001": "a1b2c3d4-0000-4000-8000-000000000001",
-		prefix + "inbox":      "inbox",
-		prefix + "lv--x":      "lv-x",
-		prefix + "lv-real":    "", // a layer under an LV
-		prefix:                "",
-		"othervg-lv":          "",
-		"3f8e9c3a-5b4e-lv":    "",
+		prefix + "inbox":   "inbox",
+		prefix + "lv--x":   "lv-x",
+		prefix + "lv-real": "", // a layer under an LV
+		prefix:             "",
+		"othervg-lv":       "",
+		"3f8e9c3a-5b4e-lv": "",
 	} {
 		got, ok := lvOfDMName(vg, name)
 		if ok != (want != "") || got != want {
