@@ -52,8 +52,8 @@ vmtest: deps ## Run the device-mapper tests in a QEMU guest (directly when the h
 	$(GO) run ./tools/vmtest
 
 .PHONY: scenarios
-scenarios: deps ## Run the end-to-end scenarios in the QEMU guest (tools/scenarios: real qemu-img, LVM2, dm, BPF)
-	@for s in tools/scenarios/*.sh; do echo "scenario $$s"; $(GO) run ./tools/vmtest -script $$s || exit 1; done
+scenarios: deps ## Run the end-to-end scenarios in the QEMU guest (tools/scenarios: real qemu-img, LVM2, dm, BPF; a "# vmtest: FLAGS" line adds vmtest flags)
+	@for s in tools/scenarios/*.sh; do echo "scenario $$s"; $(GO) run ./tools/vmtest $$(sed -n "s/^# vmtest: //p" $$s) -script $$s || exit 1; done
 
 .PHONY: bench
 bench: deps ## Run the benchmarks (root) and print their figures

@@ -24,6 +24,14 @@
 // udev or mdev runs: device nodes come from devtmpfs, and every uevent
 // reaches any NETLINK_KOBJECT_UEVENT listener.
 //
+// With -guests 2 it boots two such guests at once, both on the same scratch
+// disk files (cache=none, QEMU's locking off, shared writes: each guest's
+// writes reach the file and the other sees them; no network between them).
+// Each runs FILE with LVWATCH_GUEST=1 or 2, its lines on stdout after "[1] "
+// or "[2] ". When one script fails the other guest is stopped; the exit code
+// is the first non-zero one in the order the guests stopped, else 0. The
+// Makefile passes a scenario's "# vmtest: FLAGS" line to vmtest.
+//
 // The same program is the guest's /init: run as PID 1 it runs the plan it
 // finds in the initramfs and powers off.
 package main
@@ -66,6 +74,7 @@ type options struct {
 	diskSize  uint64
 	cacheDir  string
 	script    string   // -script: a shell script to run in the guest instead of the tests
+	guests    int      // -script: guests booted at once, sharing the scratch disks
 	args      []string // its arguments, after the flags
 }
 
@@ -76,6 +85,7 @@ const (
 	testDiskSize    = 1 << 30
 	scriptDiskSize  = 4 << 30
 	maxScratchDisks = 26 // /dev/vda to /dev/vdz
+	maxGuests       = 2
 )
 
 func hostMain() int {
@@ -118,7 +128,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "usage: go run ./tools/vmtest [-run REGEXP] [-bench [-benchtime N]] [flags]\n"+
-			"       go run ./tools/vmtest -script FILE [-disks N] [-disk-size SIZE] [-timeout D] [ARG...]\n\n")
+			"       go run ./tools/vmtest -script FILE [-guests N] [-disks N] [-disk-size SIZE] [-timeout D] [ARG...]\n\n")
 		fs.PrintDefaults()
 	}
 	diskSize, timeout := "", time.Duration(0)
@@ -131,6 +141,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&diskSize, "disk-size", "", fmt.Sprintf("size of each scratch disk (default %s, %s with -script)", size.Format(testDiskSize), size.Format(scriptDiskSize)))
 	fs.StringVar(&o.cacheDir, "cache", "", "cache for the kernel and initramfs (default .cache/vmtest in the module)")
 	fs.StringVar(&o.script, "script", "", "boot the guest and run this shell script in it as root instead of the tests; exit with its exit code (125: the guest failed)")
+	fs.IntVar(&o.guests, "guests", 1, fmt.Sprintf("with -script: boot this many guests at once (up to %d), all on the same scratch disks; each runs FILE with LVWATCH_GUEST=1, 2...", maxGuests))
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -151,6 +162,11 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 		o.timeout, o.diskSize = scriptTimeout, scriptDiskSize
 	} else if len(o.args) > 0 {
 		return o, fmt.Errorf("unexpected arguments %q (only -script takes arguments)", o.args)
+	} else if set["guests"] {
+		return o, errors.New("-guests: only with -script")
+	}
+	if o.guests < 1 || o.guests > maxGuests {
+		return o, fmt.Errorf("-guests %d: from 1 to %d", o.guests, maxGuests)
 	}
 	if set["timeout"] {
 		o.timeout = timeout
@@ -244,37 +260,78 @@ func runHost(ctx context.Context, o options) (*tally, error) {
 // the plan and the hostPaths), makes the scratch disks in work and boots the
 // guest with its console on out. what ends the progress line.
 func bootGuest(ctx context.Context, o options, work string, p *plan, hostPaths map[string]string, out io.Writer, what string) error {
-	k, err := ensureKernel(o.cacheDir)
+	errs, err := bootGuests(ctx, o, work, []*plan{p}, hostPaths, []io.Writer{out}, nil, what)
 	if err != nil {
 		return err
+	}
+	return errs[0]
+}
+
+// bootGuests is bootGuest for one guest per plan, booted at once, the
+// console of guest i on outs[i]. With more than one they share the scratch
+// disks, opened with cache=none and shared writes. done, when not nil, is
+// called with each guest's index and boot error as it stops; its false
+// stops the guests still running. err is what kept the guests from booting.
+func bootGuests(ctx context.Context, o options, work string, plans []*plan, hostPaths map[string]string, outs []io.Writer, done func(int, error) bool, what string) (errs []error, err error) {
+	k, err := ensureKernel(o.cacheDir)
+	if err != nil {
+		return nil, err
 	}
 	base, err := baseInitramfs(o.cacheDir, k)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	archives := []string{base}
-	if p.Script != nil {
+	if plans[0].Script != nil {
 		tools, err := toolsInitramfs(o.cacheDir)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		archives = append(archives, tools)
 	}
-	payload := filepath.Join(work, "payload.cpio")
-	if err := payloadInitramfs(payload, filepath.Join(work, "init"), p, hostPaths); err != nil {
-		return err
-	}
-	archives = append(archives, payload)
-	initrd := filepath.Join(work, "initrd.cpio")
-	if err := concatFiles(initrd, archives...); err != nil {
-		return err
-	}
+	vms := make([]vm, len(plans))
 	disks, err := scratchDisks(work, o.disks, int64(o.diskSize))
 	if err != nil {
-		return err
+		return nil, err
+	}
+	for i, p := range plans {
+		name := ""
+		if len(plans) > 1 {
+			name = fmt.Sprint(i + 1)
+		}
+		payload := filepath.Join(work, "payload"+name+".cpio")
+		if err := payloadInitramfs(payload, filepath.Join(work, "init"), p, hostPaths); err != nil {
+			return nil, err
+		}
+		initrd := filepath.Join(work, "initrd"+name+".cpio")
+		if err := concatFiles(initrd, append(archives, payload)...); err != nil {
+			return nil, err
+		}
+		vms[i] = vm{kernel: k.vmlinuz(), initrd: initrd, disks: disks, timeout: o.timeout, shared: len(plans) > 1}
+	}
+	if len(plans) > 1 {
+		what = fmt.Sprintf("%d guests %s", len(plans), what)
 	}
 	progress("booting %s under TCG %s", k.Release, what)
-	return vm{kernel: k.vmlinuz(), initrd: initrd, disks: disks, timeout: o.timeout}.boot(ctx, out)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type stopped struct {
+		i   int
+		err error
+	}
+	ch := make(chan stopped)
+	for i, v := range vms {
+		go func() { ch <- stopped{i, v.boot(ctx, outs[i])} }()
+	}
+	errs = make([]error, len(vms))
+	for range vms {
+		s := <-ch
+		errs[s.i] = s.err
+		if done != nil && !done(s.i, s.err) {
+			cancel()
+		}
+	}
+	return errs, nil
 }
 
 // buildPlan compiles the test binaries, lvwatch and, for a guest, this

@@ -17,6 +17,7 @@ type vm struct {
 	initrd  string   // the concatenated base and payload archives
 	disks   []string // raw scratch images, /dev/vda, /dev/vdb... in the guest
 	timeout time.Duration
+	shared  bool // other guests write the same disks: no host cache, no lock
 }
 
 // tcgArgs are measured on the CI machines: KVM does not work there, so QEMU
@@ -35,9 +36,7 @@ func (v vm) boot(ctx context.Context, console io.Writer) error {
 		// panic=-1 reboots at once on a panic, which -no-reboot turns into QEMU exiting.
 		"-append", "console=ttyS0 quiet panic=-1 oops=panic mitigations=off rdinit=/init",
 	}, tcgArgs...)
-	for _, d := range v.disks {
-		args = append(args, "-drive", "file="+d+",if=virtio,format=raw,cache=unsafe")
-	}
+	args = append(args, v.diskArgs()...)
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	cmd.Stdout, cmd.Stderr = console, os.Stderr
 	cmd.WaitDelay = 5 * time.Second
@@ -49,6 +48,25 @@ func (v vm) boot(ctx context.Context, console io.Writer) error {
 		return fmt.Errorf("qemu: %w", err)
 	}
 	return nil
+}
+
+// diskArgs are the QEMU options of the scratch disks. A guest alone caches
+// them at will; guests sharing them write through to the file (O_DIRECT on
+// the host, so each sees the other's writes) with QEMU's image locking off
+// and the device's shared writes on.
+func (v vm) diskArgs() []string {
+	var args []string
+	for i, d := range v.disks {
+		if !v.shared {
+			args = append(args, "-drive", "file="+d+",if=virtio,format=raw,cache=unsafe")
+			continue
+		}
+		id := fmt.Sprintf("d%d", i)
+		args = append(args,
+			"-drive", "file="+d+",format=raw,if=none,id="+id+",cache=none,aio=threads,file.locking=off",
+			"-device", "virtio-blk-pci,drive="+id+",share-rw=on")
+	}
+	return args
 }
 
 // scratchDisks creates n sparse raw images of size bytes in dir.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/lvwatch/lvwatch/internal/size"
@@ -110,6 +112,9 @@ func runScriptHost(ctx context.Context, o options) (int, error) {
 		"/etc/group":                          filepath.Join(etc, "group"),
 	}
 
+	if o.guests > 1 {
+		return runScriptGuests(ctx, o, work, p, hostPaths)
+	}
 	var r scriptResult
 	var console *markerFilter
 	console = newMarkerFilter(os.Stdout, p.markerPrefix(), func(line string) {
@@ -119,13 +124,119 @@ func runScriptHost(ctx context.Context, o options) (int, error) {
 			console.out = os.Stderr
 		}
 	})
-	what := fmt.Sprintf("for %s, %d scratch disks of %s", o.script, o.disks, size.Format(o.diskSize))
-	err = bootGuest(ctx, o, work, p, hostPaths, console, what)
+	err = bootGuest(ctx, o, work, p, hostPaths, console, scriptWhat(o))
 	console.flush()
 	if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
 		err = errors.New("interrupted")
 	}
 	return r.result(err)
+}
+
+func scriptWhat(o options) string {
+	return fmt.Sprintf("for %s, %d scratch disks of %s", o.script, o.disks, size.Format(o.diskSize))
+}
+
+// runScriptGuests is runScriptHost's boot for -guests N: N guests of plan p
+// (LVWATCH_GUEST=1... added to its environment) on the same scratch disks,
+// each one's lines on stdout after "[i] ". When one guest's script fails, the
+// others are stopped. The exit code is the first non-zero one, in the order
+// the guests stopped.
+func runScriptGuests(ctx context.Context, o options, work string, p *plan, hostPaths map[string]string) (int, error) {
+	var mu sync.Mutex
+	plans := make([]*plan, o.guests)
+	outs := make([]io.Writer, o.guests)
+	results := make([]scriptResult, o.guests)
+	consoles := make([]*markerFilter, o.guests)
+	var prefixers []*linePrefixer
+	for i := range plans {
+		gp := *p
+		gp.Env = append(append([]string(nil), p.Env...), fmt.Sprintf("LVWATCH_GUEST=%d", i+1))
+		plans[i] = &gp
+		prefix := fmt.Sprintf("[%d] ", i+1)
+		stdout := &linePrefixer{mu: &mu, out: os.Stdout, prefix: prefix}
+		stderr := &linePrefixer{mu: &mu, out: os.Stderr, prefix: prefix}
+		prefixers = append(prefixers, stdout, stderr)
+		r := &results[i]
+		r.name = prefix
+		consoles[i] = newMarkerFilter(stdout, gp.markerPrefix(), func(line string) {
+			r.marker(line)
+			if r.exited {
+				consoles[i].out = stderr
+			}
+		})
+		outs[i] = consoles[i]
+	}
+	var codes []int
+	done := func(i int, bootErr error) bool {
+		consoles[i].flush()
+		if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
+			bootErr = errors.New("interrupted")
+		}
+		code, err := results[i].result(bootErr)
+		if err != nil {
+			progress("guest %d: %v", i+1, err)
+			code = scriptExitCode
+		} else {
+			progress("guest %d: the script exited %d", i+1, code)
+		}
+		codes = append(codes, code)
+		return code == 0
+	}
+	_, err := bootGuests(ctx, o, work, plans, hostPaths, outs, done, scriptWhat(o))
+	for _, w := range prefixers {
+		w.flush()
+	}
+	if err != nil {
+		return 0, err
+	}
+	return firstFailure(codes), nil
+}
+
+// firstFailure is the first non-zero exit code, or 0.
+func firstFailure(codes []int) int {
+	for _, c := range codes {
+		if c != 0 {
+			return c
+		}
+	}
+	return 0
+}
+
+// linePrefixer writes whole lines to out, each after prefix, under mu, so
+// that the lines of several guests sharing out do not mix.
+type linePrefixer struct {
+	mu     *sync.Mutex
+	out    io.Writer
+	prefix string
+	buf    []byte // the current line so far
+}
+
+func (w *linePrefixer) Write(b []byte) (int, error) {
+	w.buf = append(w.buf, b...)
+	end := bytes.LastIndexByte(w.buf, '\n')
+	if end < 0 {
+		return len(b), nil
+	}
+	var lines []byte
+	for _, line := range bytes.SplitAfter(w.buf[:end+1], []byte("\n")) {
+		if len(line) > 0 {
+			lines = append(append(lines, w.prefix...), line...)
+		}
+	}
+	w.buf = append(w.buf[:0], w.buf[end+1:]...)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, err := w.out.Write(lines); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// flush writes the last line when it has no line end.
+func (w *linePrefixer) flush() {
+	if len(w.buf) > 0 {
+		w.Write([]byte("\n"))
+	}
 }
 
 // scriptPlan is the guest's plan for -script: no tests, the script with its
@@ -150,13 +261,14 @@ func scriptPlan(o options, nonce string) *plan {
 
 // scriptResult collects the runner's marker lines of a -script run.
 type scriptResult struct {
+	name   string // before its progress lines: which guest
 	code   int
 	exited bool   // the guest reported the script's exit code
 	last   string // the last other marker line: why there is none
 }
 
 func (r *scriptResult) marker(line string) {
-	progress("%s", line)
+	progress("%s%s", r.name, line)
 	if m := scriptExitMarker.FindStringSubmatch(line); m != nil {
 		r.code, _ = strconv.Atoi(m[1])
 		r.exited = true

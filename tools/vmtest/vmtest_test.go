@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -334,5 +335,82 @@ func TestMarkerFilter(t *testing.T) {
 	}
 	if _, err := (&scriptResult{}).result(nil); err == nil {
 		t.Error("a guest that reported nothing has a result")
+	}
+}
+
+func TestParseArgsGuests(t *testing.T) {
+	o, err := parseArgs([]string{"-script", "s.sh"}, io.Discard)
+	if err != nil || o.guests != 1 {
+		t.Fatalf("default: guests %d, %v; want 1", o.guests, err)
+	}
+	o, err = parseArgs([]string{"-guests", "2", "-script", "s.sh", "64"}, io.Discard)
+	if err != nil || o.guests != 2 || !slices.Equal(o.args, []string{"64"}) {
+		t.Fatalf("-guests 2: %+v, %v", o, err)
+	}
+	for _, bad := range [][]string{
+		{"-guests", "2"},                     // no -script
+		{"-guests", "1"},                     // no -script either
+		{"-guests", "0", "-script", "s.sh"},  // too few
+		{"-guests", "3", "-script", "s.sh"},  // too many
+		{"-guests", "-1", "-script", "s.sh"}, // negative
+	} {
+		if _, err := parseArgs(bad, io.Discard); err == nil {
+			t.Errorf("parseArgs(%q): no error", bad)
+		}
+	}
+}
+
+func TestDiskArgs(t *testing.T) {
+	v := vm{disks: []string{"/w/a.raw", "/w/b.raw"}}
+	want := []string{
+		"-drive", "file=/w/a.raw,if=virtio,format=raw,cache=unsafe",
+		"-drive", "file=/w/b.raw,if=virtio,format=raw,cache=unsafe",
+	}
+	if got := v.diskArgs(); !slices.Equal(got, want) {
+		t.Errorf("alone: %q, want %q", got, want)
+	}
+	v.shared = true
+	want = []string{
+		"-drive", "file=/w/a.raw,format=raw,if=none,id=d0,cache=none,aio=threads,file.locking=off",
+		"-device", "virtio-blk-pci,drive=d0,share-rw=on",
+		"-drive", "file=/w/b.raw,format=raw,if=none,id=d1,cache=none,aio=threads,file.locking=off",
+		"-device", "virtio-blk-pci,drive=d1,share-rw=on",
+	}
+	if got := v.diskArgs(); !slices.Equal(got, want) {
+		t.Errorf("shared: %q, want %q", got, want)
+	}
+}
+
+func TestFirstFailure(t *testing.T) {
+	for _, c := range []struct {
+		codes []int
+		want  int
+	}{
+		{nil, 0},
+		{[]int{0, 0}, 0},
+		{[]int{0, 3}, 3},
+		{[]int{1, scriptExitCode}, 1}, // the other guest stopped after the first failed
+		{[]int{scriptExitCode, 0}, scriptExitCode},
+	} {
+		if got := firstFailure(c.codes); got != c.want {
+			t.Errorf("firstFailure(%v) = %d, want %d", c.codes, got, c.want)
+		}
+	}
+}
+
+func TestLinePrefixer(t *testing.T) {
+	var mu sync.Mutex
+	var out strings.Builder
+	a := &linePrefixer{mu: &mu, out: &out, prefix: "[1] "}
+	b := &linePrefixer{mu: &mu, out: &out, prefix: "[2] "}
+	a.Write([]byte("one, "))
+	b.Write([]byte("two\nthree"))
+	a.Write([]byte("still one\nfour\n\nfive"))
+	b.Write([]byte(" and more\n"))
+	a.flush()
+	b.flush()
+	want := "[2] two\n[1] one, still one\n[1] four\n[1] \n[2] three and more\n[1] five\n"
+	if out.String() != want {
+		t.Errorf("got %q, want %q", out.String(), want)
 	}
 }
