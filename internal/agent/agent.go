@@ -41,8 +41,9 @@ type Config struct {
 	StateDir string // the refresher's records; default refresh.DefaultStateDir
 	Log      zerolog.Logger
 
-	// Heartbeat, when set, is called from Run's event loop at least every
-	// HeartbeatEvery (systemd's watchdog): a loop that is stuck stops calling it.
+	// Heartbeat, when set, is called from Run's event loop every half
+	// HeartbeatEvery (systemd's watchdog interval): a loop that is stuck stops
+	// calling it.
 	Heartbeat      func()
 	HeartbeatEvery time.Duration
 }
@@ -198,16 +199,29 @@ func (a *Agent) newDomain(dc Domain) (*domain, error) {
 	return &domain{Domain: dc, id: id, devices: slices.Clone(dc.Devices)}, nil
 }
 
-// reconcile arms every active LV of the domains and drops the pinned armings of
-// devices that are not (or no longer) one of them.
+// reconcile makes the watched volumes the active LVs of the domains: it drops
+// the volumes whose LV is gone (or whose device number is another LV's now:
+// after lost uevents), arms every active LV, and drops the pinned armings of
+// devices that are not one of them.
 func (a *Agent) reconcile() error {
-	vgs := make([]string, 0, len(a.doms))
-	for vg := range a.doms {
-		vgs = append(vgs, vg)
-	}
-	lvs, err := activeLVs(a.ctl, vgs)
+	lvs, err := activeLVs(a.ctl, slices.Collect(maps.Keys(a.doms)))
 	if err != nil {
 		return err
+	}
+	active := map[watch.Dev]found{}
+	for _, f := range lvs {
+		active[watch.Dev{Major: f.dev.Major, Minor: f.dev.Minor}] = f
+	}
+	a.mu.Lock()
+	var gone []*volume
+	for dev, v := range a.vols {
+		if f, ok := active[dev]; !ok || f.vg != v.d.VG || f.lv != v.lv {
+			gone = append(gone, v)
+		}
+	}
+	a.mu.Unlock()
+	for _, v := range gone {
+		a.drop(v)
 	}
 	for _, f := range lvs {
 		a.add(f)
@@ -255,10 +269,11 @@ func (a *Agent) add(f found) {
 	a.vols[dev] = v
 	a.mu.Unlock()
 	ctx, cancel := context.WithCancel(a.ctx)
-	v.stop = cancel
+	v.stop, v.done = cancel, make(chan struct{})
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
+		defer close(v.done)
 		v.run(ctx)
 	}()
 	v.kick(time.Now()) // the first round arms it, or extends it at once when already past
@@ -270,11 +285,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	for {
 		rctx, cancel := ctx, context.CancelFunc(func() {})
 		if a.cfg.Heartbeat != nil {
+			// A beat every half interval, counted from the last beat (not from
+			// this read), so events in between never push one past the interval.
 			if time.Since(lastBeat) >= a.cfg.HeartbeatEvery/2 {
 				a.cfg.Heartbeat()
 				lastBeat = time.Now()
 			}
-			rctx, cancel = context.WithTimeout(ctx, a.cfg.HeartbeatEvery/2)
+			rctx, cancel = context.WithDeadline(ctx, lastBeat.Add(a.cfg.HeartbeatEvery/2))
 		}
 		ev, err := a.w.Read(rctx)
 		cancel()
@@ -298,7 +315,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // followDevices keeps the watched volumes in step with device-mapper from the
 // kernel's uevents: an LV activated is watched, one removed is dropped, one
-// resized by someone else is re-armed. After lost events it looks again.
+// resized by someone else is re-armed. After lost events it reconciles again.
 func (a *Agent) followDevices() {
 	for {
 		ev, err := a.ue.Read()
@@ -342,12 +359,15 @@ func (a *Agent) addDevice(dev watch.Dev) {
 	}
 }
 
-// drop stops watching v: its LV was removed (deactivated) on this host.
+// drop stops watching v: its LV was removed (deactivated) on this host. It
+// waits for v's loop to end first, so that no Arm of the loop comes after the
+// Disarm.
 func (a *Agent) drop(v *volume) {
 	a.mu.Lock()
 	delete(a.vols, v.dev)
 	a.mu.Unlock()
 	v.stop()
+	<-v.done
 	if _, err := a.w.Disarm(v.dev); err != nil {
 		v.log.Warn().Err(err).Msg("cannot disarm a removed LV")
 	}

@@ -64,6 +64,7 @@ type volume struct {
 	log    zerolog.Logger
 	kicked chan time.Time // when the crossing write was queued (or now)
 	stop   context.CancelFunc
+	done   chan struct{} // closed when run returns
 
 	mu sync.Mutex
 	st VolumeStatus
@@ -98,7 +99,8 @@ func newVolume(a *Agent, d *domain, lv string, dev watch.Dev, log zerolog.Logger
 }
 
 // kick asks the volume's loop for a round; at is when the crossing write was
-// queued. A kick while one waits keeps the earlier time.
+// queued (it times the detect phase). A kick while one waits is dropped: the
+// round it waits for arms after this write, and Arm's Past tells of the write.
 func (v *volume) kick(at time.Time) {
 	select {
 	case v.kicked <- at:
@@ -190,12 +192,27 @@ func (v *volume) step(ctx context.Context, crossed time.Time) (again bool, err e
 	if err != nil {
 		return false, fmt.Errorf("size of %s: %w", v.path, err)
 	}
+	v.updateMax()
 	v.set(func(st *VolumeStatus) { st.Size = sz })
 	past, err := v.arm(sz)
 	if err != nil || !past {
 		return false, err
 	}
 	return v.extend(ctx, sz, crossed)
+}
+
+// updateMax follows the image's virtual size (a disk resized live grows it):
+// one 4 KiB read of its header per round.
+func (v *volume) updateMax() {
+	hdr, err := qcow2.ProbePath(v.path)
+	if err != nil {
+		return // raw, or unreadable now: the maximum stays
+	}
+	if m := v.d.Policy.maxSize(hdr.VirtualSize); m != v.max {
+		v.log.Info().Str("from", size.Format(v.max)).Str("to", size.Format(m)).Msg("the image's virtual size changed: new maximum LV size")
+		v.max = m
+		v.set(func(st *VolumeStatus) { st.MaxSize = m })
+	}
 }
 
 // arm arms the volume for size bytes, or disarms it at its maximum; past is
@@ -231,14 +248,15 @@ func (v *volume) extend(ctx context.Context, sz uint64, crossed time.Time) (agai
 	ph := Phases{From: sz, To: want, Detect: time.Since(crossed)}
 	t0 := time.Now()
 	if err := v.request(ctx, want); err != nil {
-		v.a.metrics.failed("request")
+		v.failed(ctx, "request")
 		return false, err
 	}
+	v.state(StateExtending, nil) // after a wait
 	t1 := time.Now()
 	ph.Request = t1.Sub(t0)
 	res, err := v.a.ref.Refresh(ctx, v.d.VG, v.lv, v.d.pvs())
 	if err != nil {
-		v.a.metrics.failed("refresh")
+		v.failed(ctx, "refresh")
 		return false, fmt.Errorf("refresh: %w", err)
 	}
 	v.d.setPVs(res.Devices)
@@ -246,12 +264,12 @@ func (v *volume) extend(ctx context.Context, sz uint64, crossed time.Time) (agai
 	ph.Refresh = t2.Sub(t1)
 	// A vdsm SPM's reply carries the size asked for, not the LV's: the metadata tells.
 	if res.NewSize < want {
-		v.a.metrics.failed("verify")
+		v.failed(ctx, "verify")
 		return false, fmt.Errorf("the SPM granted %s but the LV has %s in the metadata", size.Format(want), size.Format(res.NewSize))
 	}
 	again, err = v.arm(res.NewSize)
 	if err != nil {
-		v.a.metrics.failed("arm")
+		v.failed(ctx, "arm")
 		return false, err
 	}
 	ph.Rearm = time.Since(t2)
@@ -263,6 +281,14 @@ func (v *volume) extend(ctx context.Context, sz uint64, crossed time.Time) (agai
 		Dur("request", ph.Request).Dur("refresh", ph.Refresh).Dur("rearm", ph.Rearm).Dur("total", ph.Total).
 		Bool("past_again", again).Msg("LV extended")
 	return again, nil
+}
+
+// failed counts a step that failed; one cut short by the volume's end (dropped,
+// or the agent closing) is no failure.
+func (v *volume) failed(ctx context.Context, step string) {
+	if ctx.Err() == nil {
+		v.a.metrics.failed(step)
+	}
 }
 
 // request asks the SPM for want bytes and waits for its answer as long as it
