@@ -102,7 +102,7 @@ func TestWatchCommand(t *testing.T) {
 	}
 	defer dev.Close()
 	pins := pinDir(t)
-	cmd := exec.Command(lvwatchBin, "watch", "--threshold", "1MiB", "--rearm", "--unpin", "--pin-dir", pins, dev.Path)
+	cmd := exec.Command(lvwatchBin, "watch", "--threshold", "1MiB", "--rearm", "--pin-dir", pins, dev.Path)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +155,7 @@ func TestWatchCommand(t *testing.T) {
 		t.Errorf("watch after SIGTERM: %v, want exit 0", err)
 	}
 	if _, err := os.Stat(pins); !os.IsNotExist(err) {
-		t.Errorf("--unpin left %s: %v", pins, err)
+		t.Errorf("watch left %s at exit: %v", pins, err)
 	}
 }
 

@@ -52,8 +52,11 @@ func runWatch(ctx context.Context, args []string) error {
 	threshold := fs.String("threshold", "", "arm each device at this offset (32MiB, 1GiB, or bytes)")
 	rearm := fs.Bool("rearm", false, "after each crossing arm the device again, --step further on")
 	stepFlag := fs.String("step", "", "with --rearm, how far the threshold moves on (default: --threshold)")
-	pinDir := fs.String("pin-dir", watch.DefaultPinDir, "where the BPF maps and link are pinned")
-	unpin := fs.Bool("unpin", false, "on exit detach the program and remove the pins (default: keep watching, so a restart misses nothing)")
+	// Its own pins, removed at exit: a diagnostic run once must neither leave its
+	// program attached (every bio on the host would pay for it) nor touch a
+	// running agent's objects.
+	pinDir := fs.String("pin-dir", watch.DefaultPinDir+"-watch", "where the BPF maps and link are pinned (not the agent's)")
+	keep := fs.Bool("keep", false, "on exit keep the program attached and the pins, so that a run after it misses nothing (default: detach and remove them)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -99,10 +102,10 @@ func runWatch(ctx context.Context, args []string) error {
 		logger.Info().Str("device", paths[dev]).Stringer("dev", dev).Uint64("threshold", thr).Int("past", len(past)).Msg("armed")
 	}
 	err = p.printEvents(ctx)
-	if *unpin {
-		return errors.Join(err, w.CloseAndUnpin())
+	if *keep {
+		return errors.Join(err, w.Close())
 	}
-	return errors.Join(err, w.Close())
+	return errors.Join(err, w.CloseAndUnpin())
 }
 
 // printer prints the crossings of the devices it armed, one JSON line each
