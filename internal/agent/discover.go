@@ -1,10 +1,7 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
@@ -81,7 +78,7 @@ func tableDevices(ctl *dm.Control, d dm.Device) ([]string, error) {
 			if n, _ := fmt.Sscanf(f, "%d:%d", &major, &minor); n != 2 {
 				continue
 			}
-			path, err := devPath(major, minor)
+			path, err := lvm.DeviceNode(major, minor)
 			if err != nil {
 				return nil, err
 			}
@@ -91,18 +88,4 @@ func tableDevices(ctl *dm.Control, d dm.Device) ([]string, error) {
 		}
 	}
 	return out, nil
-}
-
-// devPath is the /dev node of a block device number, from its sysfs uevent.
-func devPath(major, minor uint32) (string, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/uevent", major, minor))
-	if err != nil {
-		return "", fmt.Errorf("block device %d:%d: %w", major, minor, err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if name, ok := strings.CutPrefix(l, "DEVNAME="); ok {
-			return filepath.Join("/dev", name), nil
-		}
-	}
-	return "", fmt.Errorf("block device %d:%d: %w", major, minor, errors.New("no DEVNAME in its uevent"))
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/lvwatch/lvwatch/internal/backoff"
 	"github.com/lvwatch/lvwatch/internal/blockdev"
+	"github.com/lvwatch/lvwatch/internal/lvm"
 	"github.com/lvwatch/lvwatch/internal/mailbox"
 	"github.com/lvwatch/lvwatch/internal/qcow2"
 	"github.com/lvwatch/lvwatch/internal/size"
@@ -77,7 +78,7 @@ func newVolume(a *Agent, d *domain, lv string, dev watch.Dev, log zerolog.Logger
 	}
 	// The kernel's own node (devtmpfs makes it before the device's uevent goes
 	// out), not /dev/mapper/VG-LV: udev may not have made that one yet.
-	path, err := devPath(dev.Major, dev.Minor)
+	path, err := lvm.DeviceNode(dev.Major, dev.Minor)
 	if err != nil {
 		return nil, err
 	}

@@ -117,6 +117,17 @@ func componentOf(name string) string {
 	return ""
 }
 
+// DeviceNode is the /dev node of block device major:minor, as devtmpfs names
+// it (the kernel's own node, there before its uevent goes out, udev or not).
+func DeviceNode(major, minor uint32) (string, error) {
+	sysDir := fmt.Sprintf("/sys/dev/block/%d:%d", major, minor)
+	target, err := os.Readlink(sysDir)
+	if err != nil {
+		return "", fmt.Errorf("block device %d:%d: %w", major, minor, err)
+	}
+	return devNodePath(sysDir, filepath.Base(target)), nil
+}
+
 // devNodePath is the device's node under /dev: DEVNAME from its uevent file
 // (devtmpfs names nodes so, udev or not), else the sysfs name with '!' for '/'.
 func devNodePath(sysDir, name string) string {

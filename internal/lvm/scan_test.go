@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/lvwatch/lvwatch/internal/loopdev"
 	"github.com/lvwatch/lvwatch/internal/testutil"
 )
@@ -125,5 +127,32 @@ func TestDirectReadSeesOtherWriter(t *testing.T) {
 	}
 	if vg.Seqno != 2 {
 		t.Errorf("ReadVG saw seqno %d, the new metadata has 2", vg.Seqno)
+	}
+}
+
+// DeviceNode names every block device of this machine by the node that holds its number.
+func TestDeviceNode(t *testing.T) {
+	entries, err := os.ReadDir("/sys/dev/block")
+	if err != nil || len(entries) == 0 {
+		t.Skipf("no block devices in sysfs: %v", err)
+	}
+	for _, e := range entries {
+		var major, minor uint32
+		if _, err := fmt.Sscanf(e.Name(), "%d:%d", &major, &minor); err != nil {
+			t.Fatalf("%s: %v", e.Name(), err)
+		}
+		node, err := DeviceNode(major, minor)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(node, &st); err != nil {
+			t.Errorf("%s: %v", e.Name(), err)
+		} else if unix.Major(st.Rdev) != major || unix.Minor(st.Rdev) != minor {
+			t.Errorf("%s: %s is %d:%d", e.Name(), node, unix.Major(st.Rdev), unix.Minor(st.Rdev))
+		}
+	}
+	if _, err := DeviceNode(4095, 1048575); err == nil {
+		t.Error("a device number with no device: no error")
 	}
 }
