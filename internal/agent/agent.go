@@ -186,11 +186,8 @@ func (a *Agent) newDomain(dc Domain) (*domain, error) {
 	if err != nil {
 		return nil, fmt.Errorf("domain %q: the VG name must be the domain UUID: %w", dc.VG, err)
 	}
-	if (dc.Inbox == "") != (dc.Outbox == "") {
-		return nil, fmt.Errorf("domain %s: inbox and outbox go together", dc.VG)
-	}
-	if dc.Inbox == "" {
-		dc.Inbox, dc.Outbox = "/dev/"+dc.VG+"/inbox", "/dev/"+dc.VG+"/outbox"
+	if dc.Inbox, dc.Outbox, err = spm.MailboxVolumes(dc.VG, dc.Inbox, dc.Outbox); err != nil {
+		return nil, err
 	}
 	dc.Policy = dc.Policy.withDefaults()
 	if err := dc.Policy.validate(); err != nil {

@@ -191,16 +191,25 @@ func lvmSystemDir() string {
 	return "/etc/lvm"
 }
 
+// MailboxVolumes returns a domain's inbox and outbox: the ones given, or, when
+// neither is, the VG's own inbox and outbox LVs. One without the other is an error.
+func MailboxVolumes(vg, inbox, outbox string) (string, string, error) {
+	switch {
+	case (inbox == "") != (outbox == ""):
+		return "", "", fmt.Errorf("domain %s: inbox and outbox go together (or neither, for the VG's own)", vg)
+	case inbox == "":
+		return "/dev/" + vg + "/inbox", "/dev/" + vg + "/outbox", nil
+	}
+	return inbox, outbox, nil
+}
+
 func (dc DomainConfig) withDefaults() (DomainConfig, error) {
 	u, err := mailbox.ParseUUID(dc.VG)
 	if err != nil || u.String() != dc.VG {
 		return dc, fmt.Errorf("domain %q: the VG name must be the domain UUID in lowercase 8-4-4-4-12 form", dc.VG)
 	}
-	if (dc.Inbox == "") != (dc.Outbox == "") {
-		return dc, fmt.Errorf("domain %s: inbox and outbox go together (or neither, for the VG's own)", dc.VG)
-	}
-	if dc.Inbox == "" {
-		dc.Inbox, dc.Outbox = "/dev/"+dc.VG+"/inbox", "/dev/"+dc.VG+"/outbox"
+	if dc.Inbox, dc.Outbox, err = MailboxVolumes(dc.VG, dc.Inbox, dc.Outbox); err != nil {
+		return dc, err
 	}
 	if dc.Devices != nil && len(dc.Devices) == 0 {
 		return dc, fmt.Errorf("domain %s: an empty device list (leave devices out to find the PVs by scanning)", dc.VG)
