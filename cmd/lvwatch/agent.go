@@ -100,18 +100,8 @@ func agentConfig(path, domain string, hostID int, runSPM bool, devices, chunk, t
 	if devices != "" {
 		d.Devices = strings.Split(devices, ",")
 	}
-	for _, f := range []struct {
-		name, value string
-		dst         *uint64
-	}{{"--chunk", chunk, &d.Policy.Chunk}, {"--trigger", trigger, &d.Policy.Trigger}} {
-		if f.value == "" {
-			continue
-		}
-		n, err := size.Parse(f.value)
-		if err != nil {
-			return agent.Config{}, endpoints{}, fmt.Errorf("%w: %s: %v", errUsage, f.name, err)
-		}
-		*f.dst = n
+	if err := parseSizes(sizeFlag{"--chunk", chunk, &d.Policy.Chunk}, sizeFlag{"--trigger", trigger, &d.Policy.Trigger}); err != nil {
+		return agent.Config{}, endpoints{}, err
 	}
 	cfg := agent.Config{HostID: hostID, Domains: []agent.Domain{d}}
 	if runSPM {

@@ -106,20 +106,31 @@ func spmConfig(path, domain, inbox, outbox, devices, maxLV, reserve string) (spm
 	if devices != "" {
 		dc.Devices = strings.Split(devices, ",")
 	}
-	for _, f := range []struct {
-		name, value string
-		dst         *uint64
-	}{{"--max-lv-size", maxLV, &dc.MaxLVSize}, {"--reserve", reserve, &dc.Reserve}} {
+	if err := parseSizes(sizeFlag{"--max-lv-size", maxLV, &dc.MaxLVSize}, sizeFlag{"--reserve", reserve, &dc.Reserve}); err != nil {
+		return spm.Config{}, err
+	}
+	return spm.Config{Domains: []spm.DomainConfig{dc}}, nil
+}
+
+// sizeFlag is a size given on the command line ("" when it was not) and where it goes.
+type sizeFlag struct {
+	name, value string
+	dst         *uint64
+}
+
+// parseSizes parses each flag given into its destination, leaving the others.
+func parseSizes(flags ...sizeFlag) error {
+	for _, f := range flags {
 		if f.value == "" {
 			continue
 		}
 		n, err := size.Parse(f.value)
 		if err != nil {
-			return spm.Config{}, fmt.Errorf("%w: %s: %v", errUsage, f.name, err)
+			return fmt.Errorf("%w: %s: %v", errUsage, f.name, err)
 		}
 		*f.dst = n
 	}
-	return spm.Config{Domains: []spm.DomainConfig{dc}}, nil
+	return nil
 }
 
 // writeFileAtomic replaces path with data: a reader sees the old snapshot or the new one.
