@@ -86,7 +86,10 @@ func usage() {
 // so that journald and log shippers keep the fields; on a terminal, the same
 // events for a person to read.
 // Info by default: debug lines (every mailbox poll, every table loaded) are for --log-level debug.
+// Timestamps carry milliseconds: an extension takes tens of them.
 var logger = zerolog.New(logOutput()).Level(zerolog.InfoLevel).With().Timestamp().Logger()
+
+func init() { zerolog.TimeFieldFormat = "2006-01-02T15:04:05.000Z07:00" }
 
 func logOutput() io.Writer {
 	if _, err := unix.IoctlGetTermios(int(os.Stderr.Fd()), unix.TCGETS); err == nil {

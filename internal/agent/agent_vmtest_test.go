@@ -272,27 +272,36 @@ func BenchmarkExtension(b *testing.B) {
 		return agent.VolumeStatus{}
 	}
 	testutil.WaitFor(b, time.Minute, "the volume armed", func() bool { return status().State == agent.StateArmed })
-	var phases [5][]time.Duration
-	b.ResetTimer()
-	for range b.N {
+	extend := func() agent.Phases {
 		before := status()
 		testutil.WriteDirect(b, s.path(ours), int64(before.Threshold)) // ends past the threshold
 		testutil.WaitFor(b, time.Minute, "the extension", func() bool {
 			v := status()
 			return v.Extensions > before.Extensions && v.State == agent.StateArmed
 		})
-		ph := *status().Last
+		return *status().Last
+	}
+	// The first extension after a start pays once for what later ones find ready
+	// (the SPM's first look at the domain's PVs, lvm's first command in its shell):
+	// about 250 ms in the guest, its log line says. It is not counted.
+	extend()
+	var phases [5][]time.Duration
+	b.ResetTimer()
+	for range b.N {
+		ph := extend()
 		for i, d := range []time.Duration{ph.Total, ph.Detect, ph.Request, ph.Refresh, ph.Rearm} {
 			phases[i] = append(phases[i], d)
 		}
 	}
 	b.StopTimer()
 	var vdsm []time.Duration
-	for i := range b.N {
+	for i := range b.N + 1 { // the first, with lvm's files not yet in the page cache, is not counted either
 		t0 := time.Now()
 		s.env.MustRun("lvextend", "-q", "-L", fmt.Sprintf("%dm", 64+8*(i+1)), s.vg+"/"+theirs)
 		s.env.MustRun(append(append([]string{"lvchange", "-q", "--refresh"}, activation...), s.vg+"/"+theirs)...)
-		vdsm = append(vdsm, time.Since(t0))
+		if i > 0 {
+			vdsm = append(vdsm, time.Since(t0))
+		}
 	}
 	for i, name := range []string{"total", "detect", "request", "refresh", "rearm"} {
 		latency.Report(b, name, phases[i], time.Millisecond)
