@@ -15,6 +15,7 @@ import (
 
 	"github.com/lvwatch/lvwatch/internal/agent"
 	"github.com/lvwatch/lvwatch/internal/config"
+	"github.com/lvwatch/lvwatch/internal/resume"
 	"github.com/lvwatch/lvwatch/internal/size"
 	"github.com/lvwatch/lvwatch/internal/spm"
 	"github.com/lvwatch/lvwatch/internal/statusd"
@@ -40,12 +41,17 @@ func runAgent(ctx context.Context, args []string) error {
 	trigger := fs.String("trigger", "", "free space left in an LV when it is extended (default "+size.Format(agent.DefaultTrigger)+")")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics here: host:port (loopback advised) or a unix socket path")
 	statusSocket := fs.String("socket", "", "serve `lvwatch status` on this unix socket (default "+statusd.DefaultSocket+")")
+	var sockets stringList
+	fs.Var(&sockets, "qmp", "resume VMs paused for want of space through these QMP sockets (globs; repeatable; default "+resume.DefaultQMP+")")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	cfg, ends, err := agentConfig(*cfgPath, *domain, *hostID, *runSPM, *devices, *chunk, *trigger)
 	if err != nil {
 		return err
+	}
+	if sockets != nil {
+		cfg.VMs = config.VMSources((*[]string)(&sockets))
 	}
 	metrics := cmp.Or(*metricsAddr, ends.metrics)
 	socket := cmp.Or(*statusSocket, ends.status, statusd.DefaultSocket)
@@ -103,7 +109,7 @@ func agentConfig(path, domain string, hostID int, runSPM bool, devices, chunk, t
 	if err := parseSizes(sizeFlag{"--chunk", chunk, &d.Policy.Chunk}, sizeFlag{"--trigger", trigger, &d.Policy.Trigger}); err != nil {
 		return agent.Config{}, endpoints{}, err
 	}
-	cfg := agent.Config{HostID: hostID, Domains: []agent.Domain{d}}
+	cfg := agent.Config{HostID: hostID, Domains: []agent.Domain{d}, VMs: config.VMSources(nil)}
 	if runSPM {
 		cfg.SPM = &spm.Config{Domains: []spm.DomainConfig{{VG: domain, Devices: d.Devices}}}
 	}

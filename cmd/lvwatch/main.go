@@ -33,6 +33,7 @@ func commands() []command {
 		{"agent", "watch this host's thin LVs and extend each before it fills (the SPM with --spm)", runAgent},
 		{"spm", "serve extend requests as the storage domains' SPM: validate, lvextend, reply", runSPM},
 		{"status", "show what the agent running here is doing: its LVs, extensions and SPM", runStatus},
+		{"resume", "resume the VMs paused for want of space on devices grown by hand", runResume},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -83,6 +83,17 @@ func printStatus(w io.Writer, st agent.Status) error {
 			row(cells...)
 		}
 	}
+	if len(st.PausedVMs) > 0 {
+		fmt.Fprintf(tw, "\n%s paused for want of space:\n", plural(len(st.PausedVMs), "VM"))
+		row("VM", "WAITS FOR", "WHY")
+		for _, o := range st.PausedVMs {
+			var drives []string
+			for _, d := range o.Waiting {
+				drives = append(drives, d.Name+" on "+d.Path)
+			}
+			row(o.VM, strings.Join(drives, ", "), o.Why)
+		}
+	}
 	if st.SPM != nil {
 		printSPM(tw, row, *st.SPM)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/lvwatch/lvwatch/internal/agent"
 	"github.com/lvwatch/lvwatch/internal/mailbox"
+	"github.com/lvwatch/lvwatch/internal/resume"
 	"github.com/lvwatch/lvwatch/internal/spm"
 	"github.com/lvwatch/lvwatch/internal/statusd"
 )
@@ -41,6 +42,9 @@ func testStatus() agent.Status {
 				High: 600 << 20, State: agent.StateWaiting, Error: "no answer from the SPM", Since: testSince,
 			},
 		},
+		PausedVMs: []resume.Outcome{{Source: "qmp /run/qemu-server/*.qmp", VM: "/run/qemu-server/101.qmp", Action: resume.Left,
+			Why:     "still out of space: virtio0 on /dev/x/z (not grown)",
+			Waiting: []resume.Drive{{Name: "virtio0", Path: "/dev/x/z"}}}},
 		SPM: &spm.Status{
 			Domains: []spm.DomainStatus{{
 				VG: testVG, Devices: []string{"/dev/loop0"}, Seqno: 42, ExtentBytes: 4 << 20, FreeBytes: 0, ReserveBytes: 1 << 30,
@@ -73,6 +77,10 @@ func TestStatusTable(t *testing.T) {
 		"VG LV STATE SIZE THRESHOLD HIGHEST MAX EXT LAST ms DETECT REQUEST REFRESH REARM ERROR\n" +
 		"3f8e9c3a d772f1c6 armed 3GiB 2560MiB 2621444KiB 11GiB 2 20.49 0.04 8.70 11.50 0.25\n" +
 		"3f8e9c3a 8adbc85e waiting 1GiB 512MiB 600MiB 2GiB 0 - - - - - no answer from the SPM\n" +
+		"\n" +
+		"1 VM paused for want of space:\n" +
+		"VM WAITS FOR WHY\n" +
+		"/run/qemu-server/101.qmp virtio0 on /dev/x/z still out of space: virtio0 on /dev/x/z (not grown)\n" +
 		"\n" +
 		"SPM running here, for 1 domain\n" +
 		"domain " + testVG + ": free 0B (reserve 1GiB), seqno 42\n" +
@@ -108,7 +116,7 @@ func TestStatusTable(t *testing.T) {
 		t.Errorf("empty status: %q", b.String())
 	}
 	st := testStatus()
-	st.Volumes, st.SPM = st.Volumes[:1], nil
+	st.Volumes, st.SPM, st.PausedVMs = st.Volumes[:1], nil, nil
 	b.Reset()
 	printStatus(&b, st)
 	if strings.Contains(b.String(), "ERROR") || strings.Contains(b.String(), "SPM") {

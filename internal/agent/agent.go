@@ -20,6 +20,7 @@ import (
 	"github.com/lvwatch/lvwatch/internal/dm"
 	"github.com/lvwatch/lvwatch/internal/mailbox"
 	"github.com/lvwatch/lvwatch/internal/refresh"
+	"github.com/lvwatch/lvwatch/internal/resume"
 	"github.com/lvwatch/lvwatch/internal/spm"
 	"github.com/lvwatch/lvwatch/internal/uevent"
 	"github.com/lvwatch/lvwatch/internal/watch"
@@ -46,6 +47,10 @@ type Config struct {
 	// calling it.
 	Heartbeat      func()
 	HeartbeatEvery time.Duration
+
+	// VMs are the ways to this host's VMs (QMP sockets, libvirt): the agent
+	// resumes those QEMU paused for want of space on an LV it gave room.
+	VMs []resume.Source
 }
 
 // Domain is one storage domain the agent watches the LVs of.
@@ -74,6 +79,7 @@ type Agent struct {
 	ue   *uevent.Listener
 
 	metrics *metrics
+	resumer *resumer
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -121,6 +127,7 @@ func Start(cfg Config) (_ *Agent, err error) {
 	a := &Agent{cfg: cfg, log: cfg.Log.With().Str("component", "agent").Logger(), doms: map[string]*domain{}, vols: map[watch.Dev]*volume{}}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.metrics = newMetrics(a)
+	a.resumer = newResumer(a, cfg.VMs)
 	defer func() {
 		if err != nil {
 			a.Close()
@@ -173,10 +180,14 @@ func Start(cfg Config) (_ *Agent, err error) {
 	if err := a.reconcile(); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	a.wg.Add(1)
+	a.wg.Add(2)
 	go func() {
 		defer a.wg.Done()
 		a.followDevices()
+	}()
+	go func() {
+		defer a.wg.Done()
+		a.resumer.run(a.ctx)
 	}()
 	return a, nil
 }
@@ -410,12 +421,14 @@ const closeTimeout = 2 * time.Second
 type Status struct {
 	HostID  int            `json:"host_id"`
 	Volumes []VolumeStatus `json:"volumes"`
-	SPM     *spm.Status    `json:"spm,omitempty"`
+	// PausedVMs are the VMs paused for want of space, with the drives they wait for.
+	PausedVMs []resume.Outcome `json:"paused_vms,omitempty"`
+	SPM       *spm.Status      `json:"spm,omitempty"`
 }
 
 // Status returns the current snapshot, volumes sorted by VG and LV.
 func (a *Agent) Status() Status {
-	st := Status{HostID: a.cfg.HostID}
+	st := Status{HostID: a.cfg.HostID, PausedVMs: a.resumer.paused()}
 	a.mu.Lock()
 	for _, v := range a.vols {
 		st.Volumes = append(st.Volumes, v.status())

@@ -2,10 +2,13 @@ package agent
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/lvwatch/lvwatch/internal/resume"
 )
 
 // metrics are the agent's Prometheus metrics, on a registry of its own.
@@ -13,6 +16,9 @@ type metrics struct {
 	reg        *prometheus.Registry
 	phases     *prometheus.HistogramVec
 	extensions *prometheus.CounterVec
+	resumes    *prometheus.CounterVec
+	resumeTime prometheus.Histogram
+	pauses     prometheus.Counter
 }
 
 // phaseBuckets span a fast extension on a quiet host (ms) to a VG waiting for a PV (minutes).
@@ -30,8 +36,21 @@ func newMetrics(a *Agent) *metrics {
 			Name: "lvwatch_extensions_total",
 			Help: "Extension attempts by result: extended, or the step that failed (request, refresh, verify, arm).",
 		}, []string{"result"}),
+		resumes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lvwatch_vm_resumes_total",
+			Help: "VMs paused for want of space that the agent resumed (resumed), or could not reach or resume (failed).",
+		}, []string{"result"}),
+		resumeTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "lvwatch_vm_resume_seconds",
+			Help:    "Time from an LV's new table going live to its paused VM running again.",
+			Buckets: phaseBuckets,
+		}),
+		pauses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lvwatch_vm_pauses_total",
+			Help: "VMs found paused for want of space on a device, each pause counted once.",
+		}),
 	}
-	m.reg.MustRegister(m.phases, m.extensions, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	m.reg.MustRegister(m.phases, m.extensions, m.resumes, m.resumeTime, m.pauses, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		stateCollector{a})
 	return m
 }
@@ -46,6 +65,17 @@ func (m *metrics) observe(ph Phases) {
 
 func (m *metrics) failed(step string) { m.extensions.WithLabelValues(step).Inc() }
 
+// resumed counts a VM resumed, timed from live, when its LV's new table went
+// live (the zero time for a VM resumed on the agent's first look at it).
+func (m *metrics) resumed(o resume.Outcome, live time.Time) {
+	m.resumes.WithLabelValues("resumed").Inc()
+	if !live.IsZero() {
+		m.resumeTime.Observe(o.At.Sub(live).Seconds())
+	}
+}
+
+func (m *metrics) resumeFailed() { m.resumes.WithLabelValues("failed").Inc() }
+
 // Handler serves the agent's metrics in Prometheus' format.
 func (a *Agent) Handler() http.Handler {
 	return promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{})
@@ -58,6 +88,7 @@ type stateCollector struct{ a *Agent }
 var (
 	volumesDesc = prometheus.NewDesc("lvwatch_watched_volumes", "Watched LVs by state.", []string{"state"}, nil)
 	pendingDesc = prometheus.NewDesc("lvwatch_spm_pending_requests", "Requests the co-located SPM keeps until their VG has room.", []string{"vg"}, nil)
+	vmsDesc     = prometheus.NewDesc("lvwatch_vms_waiting_for_space", "VMs paused for want of space that the agent has not resumed yet.", nil, nil)
 	lostDesc    = prometheus.NewDesc("lvwatch_bpf_lost_events_total", "Crossings the BPF program could not queue (ring full; the device stayed armed).", nil, nil)
 	crossDesc   = prometheus.NewDesc("lvwatch_bpf_crossings_total", "Crossings the BPF program raised.", nil, nil)
 )
@@ -65,6 +96,7 @@ var (
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- volumesDesc
 	ch <- pendingDesc
+	ch <- vmsDesc
 	ch <- lostDesc
 	ch <- crossDesc
 }
@@ -83,6 +115,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(len(d.WaitingOnSpace)), d.VG)
 		}
 	}
+	ch <- prometheus.MustNewConstMetric(vmsDesc, prometheus.GaugeValue, float64(len(st.PausedVMs)))
 	if cnt, err := c.a.w.Counters(); err == nil {
 		ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(cnt.Lost))
 		ch <- prometheus.MustNewConstMetric(crossDesc, prometheus.CounterValue, float64(cnt.Crossings))

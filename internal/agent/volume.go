@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -64,6 +65,8 @@ type volume struct {
 	max    uint64
 	log    zerolog.Logger
 	kicked chan time.Time // when the crossing write was queued (or now)
+	urgent atomic.Bool    // a VM ran out of space on it: extend at the next round, past or not
+	looked bool           // the VMs using it were looked at after its first round
 	stop   context.CancelFunc
 	done   chan struct{} // closed when run returns
 
@@ -151,6 +154,11 @@ func (v *volume) run(ctx context.Context) {
 			return
 		case at := <-v.kicked:
 			v.serve(ctx, at)
+			if !v.looked && ctx.Err() == nil {
+				// A VM may have paused on it while no agent ran.
+				v.looked = true
+				v.a.resumer.check(v.dev, time.Time{})
+			}
 		}
 	}
 }
@@ -196,8 +204,14 @@ func (v *volume) step(ctx context.Context, crossed time.Time) (again bool, err e
 	v.updateMax()
 	v.set(func(st *VolumeStatus) { st.Size = sz })
 	past, err := v.arm(sz)
-	if err != nil || !past {
+	if err != nil {
 		return false, err
+	}
+	if v.urgent.Swap(false) && v.status().State == StateArmed {
+		past = true
+	}
+	if !past {
+		return false, nil
 	}
 	return v.extend(ctx, sz, crossed)
 }
@@ -244,11 +258,15 @@ func (v *volume) arm(sz uint64) (past bool, err error) {
 // extend grows the volume from sz by one chunk: the request through the mailbox,
 // the refresh of its table, the check of its real size, the re-arm.
 func (v *volume) extend(ctx context.Context, sz uint64, crossed time.Time) (again bool, err error) {
+	// A VM may be paused on it: it waited for the SPM, or writes had reached its
+	// end, or a VM said so. The VMs are looked at once its new table is live.
+	late := v.status().High+lateMargin >= sz
 	v.state(StateExtending, nil)
 	want := v.d.Policy.next(sz, v.max)
 	ph := Phases{From: sz, To: want, Detect: time.Since(crossed)}
 	t0 := time.Now()
-	if err := v.request(ctx, want); err != nil {
+	waited, err := v.request(ctx, want)
+	if err != nil {
 		v.failed(ctx, "request")
 		return false, err
 	}
@@ -276,6 +294,9 @@ func (v *volume) extend(ctx context.Context, sz uint64, crossed time.Time) (agai
 	ph.Rearm = time.Since(t2)
 	ph.To = res.NewSize
 	ph.Total = time.Since(crossed)
+	if waited || late || v.a.resumer.waitsOn(v.dev) {
+		v.a.resumer.check(v.dev, t2)
+	}
 	v.set(func(st *VolumeStatus) { st.Extensions++; st.Size = res.NewSize; st.Last = &ph })
 	v.a.metrics.observe(ph)
 	v.log.Info().Str("from", size.Format(sz)).Str("to", size.Format(res.NewSize)).Dur("detect", ph.Detect).
@@ -294,22 +315,27 @@ func (v *volume) failed(ctx context.Context, step string) {
 
 // request asks the SPM for want bytes and waits for its answer as long as it
 // takes: a full VG keeps the request with no reply until a PV is added. The wait
-// makes the volume's state waiting after Config.WaitingAfter; asking again joins
-// the request standing in its slot.
-func (v *volume) request(ctx context.Context, want uint64) error {
+// makes the volume's state waiting after Config.WaitingAfter (waited says so);
+// asking again joins the request standing in its slot.
+func (v *volume) request(ctx context.Context, want uint64) (waited bool, err error) {
 	for {
 		rctx, cancel := context.WithTimeout(ctx, v.a.cfg.WaitingAfter)
 		granted, err := v.d.host.Extend(rctx, v.d.id, v.id, want>>20)
 		cancel()
 		switch {
 		case err == nil && granted<<20 >= want:
-			return nil
+			return waited, nil
 		case err == nil:
-			return fmt.Errorf("the SPM granted %d MiB, less than the %d MiB asked", granted, want>>20)
+			return waited, fmt.Errorf("the SPM granted %d MiB, less than the %d MiB asked", granted, want>>20)
 		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+			waited = true
 			v.state(StateWaiting, fmt.Errorf("no answer from the SPM for %s to %s (away, or the VG is full)", v.lv, size.Format(want)))
 		default:
-			return fmt.Errorf("request %s: %w", size.Format(want), err)
+			return waited, fmt.Errorf("request %s: %w", size.Format(want), err)
 		}
 	}
 }
+
+// lateMargin: writes that came this close to an LV's end may have gone past it
+// (a write past the end never reaches the block layer, so it is never seen).
+const lateMargin = 1 << 20

@@ -32,6 +32,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/lvwatch/lvwatch/internal/agent"
+	"github.com/lvwatch/lvwatch/internal/resume"
 	"github.com/lvwatch/lvwatch/internal/size"
 	"github.com/lvwatch/lvwatch/internal/spm"
 )
@@ -44,16 +45,19 @@ type File struct {
 
 // Agent is the [agent] section.
 type Agent struct {
-	HostID   int           `toml:"host_id"`
-	SPM      bool          `toml:"spm"` // run the SPM in the agent's process ([spm]'s settings)
-	Chunk    *Size         `toml:"chunk"`
-	Trigger  *Size         `toml:"trigger"`
-	Overhead float64       `toml:"overhead"`
-	PinDir   string        `toml:"pin_dir"`
-	StateDir string        `toml:"state_dir"`
-	Status   string        `toml:"status_socket"`
-	Metrics  string        `toml:"metrics"` // listen address: host:port, or a unix socket path; "" for none
-	Domains  []AgentDomain `toml:"domain"`
+	HostID   int     `toml:"host_id"`
+	SPM      bool    `toml:"spm"` // run the SPM in the agent's process ([spm]'s settings)
+	Chunk    *Size   `toml:"chunk"`
+	Trigger  *Size   `toml:"trigger"`
+	Overhead float64 `toml:"overhead"`
+	PinDir   string  `toml:"pin_dir"`
+	StateDir string  `toml:"state_dir"`
+	Status   string  `toml:"status_socket"`
+	Metrics  string  `toml:"metrics"` // listen address: host:port, or a unix socket path; "" for none
+	// QMP are the VMs' QMP sockets (globs) the agent resumes VMs through;
+	// default resume.DefaultQMP, [] for none.
+	QMP     *[]string     `toml:"qmp"`
+	Domains []AgentDomain `toml:"domain"`
 }
 
 // AgentDomain is one [[agent.domain]].
@@ -164,7 +168,7 @@ func (f *File) AgentConfig() (agent.Config, error) {
 	if s.HostID == 0 {
 		return agent.Config{}, errors.New("config: [agent] needs host_id, this host's id in the domains' mailboxes (1..249)")
 	}
-	cfg := agent.Config{HostID: s.HostID, PinDir: s.PinDir, StateDir: s.StateDir}
+	cfg := agent.Config{HostID: s.HostID, PinDir: s.PinDir, StateDir: s.StateDir, VMs: VMSources(s.QMP)}
 	for _, d := range s.Domains {
 		cfg.Domains = append(cfg.Domains, agent.Domain{
 			VG: d.VG, Inbox: d.Inbox, Outbox: d.Outbox, Devices: d.Devices,
@@ -186,6 +190,18 @@ func (f *File) AgentConfig() (agent.Config, error) {
 		cfg.SPM = &sc
 	}
 	return cfg, nil
+}
+
+// VMSources are the ways to the host's VMs for QMP socket globs: the default
+// when patterns is nil, none when it is empty.
+func VMSources(patterns *[]string) []resume.Source {
+	switch {
+	case patterns == nil:
+		return []resume.Source{resume.QMP{Patterns: []string{resume.DefaultQMP}}}
+	case len(*patterns) == 0:
+		return nil
+	}
+	return []resume.Source{resume.QMP{Patterns: *patterns}}
 }
 
 // config is the section's settings for domains, each with the section's

@@ -1,0 +1,210 @@
+// Package resume continues the VMs that QEMU paused because a write went past
+// the end of their disk's device (ENOSPC), once that device has room again.
+//
+// A VM is reached through its manager: libvirt (oVirt, virt-manager, plain
+// libvirt hosts) or the VM's own QMP socket (Proxmox VE, plain qemu). Either way
+// lvwatch connects, asks, resumes and disconnects: a QMP monitor serves one client
+// at a time, and the host's own tools need it too.
+//
+// Only a VM paused on an I/O error, with at least one drive that failed for want
+// of space, is resumed, and only when every such drive is on a device that now
+// has room: a VM paused by an operator, on another error, or still waiting for a
+// second drive stays as it is.
+package resume
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/lvwatch/lvwatch/internal/blockdev"
+	"github.com/lvwatch/lvwatch/internal/size"
+	"github.com/lvwatch/lvwatch/internal/watch"
+)
+
+// State is what a VM's manager says of it.
+type State struct {
+	// Status is the manager's word for the run state ("running", "io-error",
+	// "paused" for QMP; "running", "paused (I/O error)"... for libvirt).
+	Status string
+	// IOErrorPause is true when the VM was paused by QEMU on an I/O error (QMP
+	// status io-error, libvirt paused with reason I/O error): the only pause
+	// lvwatch undoes.
+	IOErrorPause bool
+	Drives       []Drive
+}
+
+// Drive is one disk of a VM.
+type Drive struct {
+	Name string `json:"drive"` // the drive's id (QMP) or target (libvirt: vda)
+	Path string `json:"path"`  // the host file or device of its top image
+	// Dev is the device number of Path, or the zero Dev when Path is not a block
+	// device (a file, a network disk): lvwatch cannot give such a drive room.
+	Dev     watch.Dev `json:"-"`
+	NoSpace bool      `json:"-"` // its last write failed for want of space
+	// Highest is the end of the highest write QEMU made to Path since it opened
+	// it (the allocation vdsm reads), or 0 when unknown.
+	Highest uint64 `json:"-"`
+}
+
+// Machine is one VM, reached for the length of a Source's Visit.
+type Machine interface {
+	Name() string
+	State(ctx context.Context) (State, error)
+	// Resume continues the VM and returns when its manager says it runs again.
+	Resume(ctx context.Context) error
+}
+
+// Source is a way to the VMs of this host.
+type Source interface {
+	String() string
+	// Visit calls fn for every VM the source reaches; a VM that cannot be reached
+	// is reported to fn as a Machine whose State fails.
+	Visit(ctx context.Context, fn func(Machine)) error
+}
+
+// minRoom is the free space past a drive's highest write that counts as room: a
+// qcow2 write that failed at the end allocates one cluster (64 KiB by default)
+// and perhaps a table or two; less than this and the VM would pause again at once.
+const minRoom = 1 << 20
+
+// Action is what Run did with a VM.
+type Action string
+
+const (
+	Resumed Action = "resumed"
+	Left    Action = "left" // not lvwatch's to resume, or not yet
+	Failed  Action = "failed"
+)
+
+// Outcome is one VM Run looked at.
+type Outcome struct {
+	Source  string    `json:"source"`
+	VM      string    `json:"vm"`
+	Action  Action    `json:"action"`
+	Why     string    `json:"why"`
+	Waiting []Drive   `json:"waiting_for,omitempty"` // its drives still out of space
+	At      time.Time `json:"at,omitempty"`          // for Resumed: when its manager said it runs again
+	Err     error     `json:"-"`
+}
+
+// Pending reports whether the VM stays paused for want of space lvwatch may yet give.
+func (o Outcome) Pending() bool { return o.Action == Left && len(o.Waiting) > 0 }
+
+// Room tells whether a device has been given room (an LV just extended, or named
+// by an operator who grew it).
+type Room func(watch.Dev) bool
+
+// Run visits the VMs of every source and resumes those paused on ENOSPC that use
+// one of devs and whose every drive that ran out of space has room now. VMs that
+// use none of devs are left without a look at their state beyond their drives.
+func Run(ctx context.Context, sources []Source, devs []watch.Dev, room Room, log zerolog.Logger) []Outcome {
+	var out []Outcome
+	for _, src := range sources {
+		err := src.Visit(ctx, func(m Machine) {
+			o := visit(ctx, m, devs, room)
+			o.Source = src.String()
+			logOutcome(log, o)
+			out = append(out, o)
+		})
+		if err != nil {
+			log.Warn().Err(err).Stringer("source", src).Msg("cannot list the VMs")
+			out = append(out, Outcome{Source: src.String(), Action: Failed, Why: err.Error(), Err: err})
+		}
+	}
+	return out
+}
+
+func visit(ctx context.Context, m Machine, devs []watch.Dev, room Room) Outcome {
+	o := Outcome{VM: m.Name()}
+	st, err := m.State(ctx)
+	if err != nil {
+		o.Action, o.Why, o.Err = Failed, err.Error(), err
+		return o
+	}
+	o.Action, o.Why, o.Waiting = Decide(st, devs, room, blockdev.Size)
+	if o.Action != Resumed {
+		return o
+	}
+	if err := m.Resume(ctx); err != nil {
+		o.Action, o.Why, o.Err = Failed, "resume: "+err.Error(), err
+	}
+	o.At = time.Now()
+	return o
+}
+
+// Decide is Run's rule for one VM: Resumed when it is to be resumed, Left with
+// the reason otherwise, and the drives it still waits for. sizeOf reads a
+// device's size.
+func Decide(st State, devs []watch.Dev, room Room, sizeOf func(string) (uint64, error)) (Action, string, []Drive) {
+	uses := false
+	for _, d := range st.Drives {
+		for _, dev := range devs {
+			uses = uses || d.Dev == dev
+		}
+	}
+	if !uses {
+		return Left, "uses none of the devices", nil
+	}
+	if !st.IOErrorPause {
+		return Left, "not paused on an I/O error (status " + st.Status + ")", nil
+	}
+	var full, whys []string
+	var waiting []Drive
+	for _, d := range st.Drives {
+		if !d.NoSpace {
+			continue
+		}
+		full = append(full, d.Name)
+		if why := noRoom(d, room, sizeOf); why != "" {
+			waiting = append(waiting, d)
+			whys = append(whys, fmt.Sprintf("%s on %s (%s)", d.Name, d.Path, why))
+		}
+	}
+	switch {
+	case len(full) == 0:
+		return Left, "paused on an I/O error that is not for want of space", nil
+	case len(waiting) > 0:
+		return Left, "still out of space: " + strings.Join(whys, ", "), waiting
+	}
+	return Resumed, "room again on " + strings.Join(full, ", "), nil
+}
+
+// noRoom says why a drive that ran out of space has no room yet, or "" if it has.
+func noRoom(d Drive, room Room, sizeOf func(string) (uint64, error)) string {
+	if d.Dev == (watch.Dev{}) {
+		return "not on a block device"
+	}
+	if !room(d.Dev) {
+		return "not grown"
+	}
+	if d.Highest == 0 {
+		return ""
+	}
+	sz, err := sizeOf(d.Path)
+	if err != nil {
+		return err.Error()
+	}
+	if sz < d.Highest+minRoom {
+		return fmt.Sprintf("%s, its highest write at %s", size.Format(sz), size.Format(d.Highest))
+	}
+	return ""
+}
+
+func logOutcome(log zerolog.Logger, o Outcome) {
+	var ev *zerolog.Event
+	switch {
+	case o.Action == Resumed:
+		ev = log.Info()
+	case o.Action == Failed:
+		ev = log.Warn().Err(o.Err)
+	case o.Pending():
+		ev = log.Info()
+	default:
+		ev = log.Debug()
+	}
+	ev.Str("source", o.Source).Str("vm", o.VM).Str("action", string(o.Action)).Str("why", o.Why).Msg("VM")
+}
