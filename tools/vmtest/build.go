@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/lvwatch/lvwatch/internal/testvm"
 )
 
 // buildTag selects the tests that need a kernel with device-mapper.
@@ -78,18 +80,7 @@ func binaryName(modulePath, importPath string) string {
 	return strings.ReplaceAll(rel, "/", "_") + ".test"
 }
 
-// goBuild runs the go command in moduleDir for a static binary.
-func goBuild(moduleDir string, args ...string) error {
-	cmd := exec.Command("go", args...)
-	cmd.Dir = moduleDir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
-	}
-	return nil
-}
-
 // buildTestBinary compiles a package's tests, tagged ones included, into out.
 func buildTestBinary(moduleDir, importPath, out string) error {
-	return goBuild(moduleDir, "test", "-c", "-tags", buildTag, "-o", out, importPath)
+	return testvm.GoStatic(moduleDir, "test", "-c", "-tags", buildTag, "-o", out, importPath)
 }

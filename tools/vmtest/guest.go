@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lvwatch/lvwatch/internal/testvm/guest"
 )
 
 // The guest's layout: the plan, the binaries and the packages' testdata.
@@ -17,6 +20,9 @@ const (
 	guestBinDir   = "/vmtest/bin"
 	guestPkgDir   = "/vmtest/pkg"
 )
+
+// firstMounts are what the guest mounts before it reads the plan.
+var firstMounts = append(slices.Clone(guest.KernelMounts), guest.Mount{FSType: "tmpfs", Target: "/tmp"}, guest.Mount{FSType: "tmpfs", Target: "/run"})
 
 // guestMain is /init in the guest: it sets up what a booted system has, runs
 // the plan and powers off, which ends QEMU. The plan's final marker line on
@@ -27,17 +33,13 @@ func guestMain() {
 		// Give the console a moment to drain before the machine goes away.
 		time.Sleep(100 * time.Millisecond)
 	}
-	powerOff()
+	guest.PowerOff()
 }
 
 func guestRun() int {
-	for _, m := range []struct{ fstype, target string }{
-		{"proc", "/proc"}, {"sysfs", "/sys"}, {"devtmpfs", "/dev"}, {"tmpfs", "/tmp"}, {"tmpfs", "/run"},
-	} {
-		if err := unix.Mount(m.fstype, m.target, m.fstype, 0, ""); err != nil {
-			fmt.Printf("vmtest: mount %s on %s: %v\n", m.fstype, m.target, err)
-			return 1
-		}
+	if err := guest.MountAll(firstMounts); err != nil {
+		fmt.Printf("vmtest: %v\n", err)
+		return 1
 	}
 	os.Setenv("PATH", guestBinDir+":/usr/sbin:/usr/bin:/sbin:/bin")
 	os.Setenv("HOME", "/root")
@@ -46,7 +48,7 @@ func guestRun() int {
 		fmt.Printf("vmtest: %v\n", err)
 		return 1
 	}
-	if err := runGuestCommand(busyboxPath, "--install", "-s"); err != nil {
+	if err := runGuestCommand(guest.Busybox, "--install", "-s"); err != nil {
 		return 1
 	}
 
@@ -59,15 +61,9 @@ func guestRun() int {
 		fmt.Printf("vmtest: read the plan: %v\n", err)
 		return 1
 	}
-	for _, m := range p.Mounts {
-		err := os.MkdirAll(m.Target, 0o755)
-		if err == nil {
-			err = unix.Mount(m.FSType, m.Target, m.FSType, 0, m.Data)
-		}
-		if err != nil {
-			fmt.Printf("vmtest: mount %s on %s: %v\n%sdone 1\n", m.FSType, m.Target, err, p.markerPrefix())
-			return 1
-		}
+	if err := guest.MountAll(p.Mounts); err != nil {
+		fmt.Printf("vmtest: %v\n%sdone 1\n", err, p.markerPrefix())
+		return 1
 	}
 	if p.Script != nil {
 		// The script's output goes out as it wrote it, without the tty's \r before each \n.
@@ -76,8 +72,8 @@ func guestRun() int {
 			unix.IoctlSetTermios(1, unix.TCSETS, t)
 		}
 	}
-	if err := runGuestCommand("modprobe", append([]string{"-a"}, p.Modules...)...); err != nil {
-		fmt.Printf("%sdone 1\n", p.markerPrefix())
+	if err := guest.Modprobe(p.Modules...); err != nil {
+		fmt.Printf("vmtest: %v\n%sdone 1\n", err, p.markerPrefix())
 		return 1
 	}
 	// The plan kills test binaries that overrun; this catches a guest stuck
@@ -85,7 +81,7 @@ func guestRun() int {
 	time.AfterFunc(p.Timeout+20*time.Second, func() {
 		fmt.Printf("%swatchdog: still running %v after the time limit\n%sdone 1\n",
 			p.markerPrefix(), 20*time.Second, p.markerPrefix())
-		powerOff()
+		guest.PowerOff()
 	})
 	if p.Script != nil {
 		return p.runScript(context.Background(), os.Stdout)
@@ -101,16 +97,4 @@ func runGuestCommand(name string, args ...string) error {
 		fmt.Printf("vmtest: %s %v: %v\n", name, args, err)
 	}
 	return err
-}
-
-func powerOff() {
-	// Wait until the console has sent what was written (tcdrain): the result above all.
-	unix.IoctlSetInt(1, unix.TCSBRK, 1)
-	unix.Sync()
-	err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
-	// PID 1 must not exit: that panics the kernel and hides the message.
-	fmt.Printf("vmtest: power off: %v\n", err)
-	for {
-		time.Sleep(time.Hour)
-	}
 }

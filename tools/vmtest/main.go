@@ -54,6 +54,8 @@ import (
 
 	"github.com/lvwatch/lvwatch/internal/dm"
 	"github.com/lvwatch/lvwatch/internal/size"
+	"github.com/lvwatch/lvwatch/internal/testvm"
+	"github.com/lvwatch/lvwatch/internal/testvm/guest"
 )
 
 func main() {
@@ -203,12 +205,12 @@ func guestLimit(timeout time.Duration) time.Duration {
 // runHost builds the tests and runs them in a guest or directly. The tally
 // is nil when nothing ran.
 func runHost(ctx context.Context, o options) (*tally, error) {
-	moduleDir, modulePath, err := module()
+	moduleDir, modulePath, err := testvm.Module()
 	if err != nil {
 		return nil, err
 	}
 	if o.cacheDir == "" {
-		o.cacheDir = filepath.Join(moduleDir, ".cache", "vmtest")
+		o.cacheDir = testvm.CacheDir(moduleDir)
 	}
 	if err := os.MkdirAll(o.cacheDir, 0o755); err != nil {
 		return nil, err
@@ -273,17 +275,18 @@ func bootGuest(ctx context.Context, o options, work string, p *plan, hostPaths m
 // called with each guest's index and boot error as it stops; its false
 // stops the guests still running. err is what kept the guests from booting.
 func bootGuests(ctx context.Context, o options, work string, plans []*plan, hostPaths map[string]string, outs []io.Writer, done func(int, error) bool, what string) (errs []error, err error) {
-	k, err := ensureKernel(o.cacheDir)
+	cache := testvm.Cache{Dir: o.cacheDir, Progress: progress}
+	k, err := cache.Kernel()
 	if err != nil {
 		return nil, err
 	}
-	base, err := baseInitramfs(o.cacheDir, k)
+	base, err := baseInitramfs(cache, k)
 	if err != nil {
 		return nil, err
 	}
 	archives := []string{base}
 	if plans[0].Script != nil {
-		tools, err := toolsInitramfs(o.cacheDir)
+		tools, err := toolsInitramfs(cache)
 		if err != nil {
 			return nil, err
 		}
@@ -307,7 +310,7 @@ func bootGuests(ctx context.Context, o options, work string, plans []*plan, host
 		if err := concatFiles(initrd, append(archives, payload)...); err != nil {
 			return nil, err
 		}
-		vms[i] = vm{kernel: k.vmlinuz(), initrd: initrd, disks: disks, timeout: o.timeout, shared: len(plans) > 1}
+		vms[i] = vm{kernel: k.Vmlinuz(), initrd: initrd, disks: disks, timeout: o.timeout, shared: len(plans) > 1}
 	}
 	if len(plans) > 1 {
 		what = fmt.Sprintf("%d guests %s", len(plans), what)
@@ -340,11 +343,11 @@ func bootGuests(ctx context.Context, o options, work string, plans []*plan, host
 func buildPlan(moduleDir, modulePath, work string, pkgs []goPackage, o options, inGuest bool) (*plan, map[string]string, error) {
 	binDir := filepath.Join(work, "bin")
 	progress("building %d test binaries (-tags %s)", len(pkgs), buildTag)
-	if err := goBuild(moduleDir, "build", "-o", filepath.Join(binDir, "lvwatch"), "./cmd/lvwatch"); err != nil {
+	if err := testvm.GoStatic(moduleDir, "build", "-o", filepath.Join(binDir, "lvwatch"), "./cmd/lvwatch"); err != nil {
 		return nil, nil, err
 	}
 	if inGuest {
-		if err := goBuild(moduleDir, "build", "-o", filepath.Join(work, "init"), "./tools/vmtest"); err != nil {
+		if err := testvm.GoStatic(moduleDir, "build", "-o", filepath.Join(work, "init"), "./tools/vmtest"); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -393,7 +396,7 @@ func buildPlan(moduleDir, modulePath, work string, pkgs []goPackage, o options, 
 
 // vmHostTools are the host programs a guest boot needs: QEMU, what fetches
 // and unpacks the kernel, ldd and busybox for the initramfs.
-var vmHostTools = []string{"qemu-system-x86_64", "apt-get", "apt-cache", "dpkg-deb", "depmod", "ldd", busyboxPath}
+var vmHostTools = []string{"qemu-system-x86_64", "apt-get", "apt-cache", "dpkg-deb", "depmod", "ldd", guest.Busybox}
 
 // guestDiskNames are the scratch disks' device nodes in the guest: its only
 // virtio disks, in the order of QEMU's -drive options.
@@ -449,30 +452,7 @@ func emptyDir(work string) string {
 	return d
 }
 
-// module returns the main module's directory and path.
-func module() (dir, path string, err error) {
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}} {{.Path}}").Output()
-	if err != nil {
-		return "", "", fmt.Errorf("go list -m: %w", err)
-	}
-	dir, path, _ = strings.Cut(strings.TrimSpace(string(out)), " ")
-	if dir == "" {
-		return "", "", errors.New("not in a Go module: run vmtest in lvwatch's module")
-	}
-	return dir, path, nil
-}
-
 // progress reports what the harness is doing, on stderr, apart from the test output.
 func progress(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "vmtest: "+format+"\n", args...)
-}
-
-// runQuiet runs a command in dir and returns its output in the error if it fails.
-func runQuiet(dir, name string, args ...string) error {
-	cmd := exec.Command(name, args...)
-	cmd.Dir = dir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return nil
 }

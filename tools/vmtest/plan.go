@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/lvwatch/lvwatch/internal/testvm/guest"
 )
 
 // A plan is what to run, the same on a host with device-mapper and in the guest,
@@ -21,22 +23,19 @@ type plan struct {
 	Timeout time.Duration // for all test binaries together
 	Env     []string      // added to each test binary's environment
 	Modules []string      // kernel modules the guest loads first
-	Mounts  []guestMount  // what the guest mounts besides proc, sysfs, devtmpfs, /tmp and /run
+	Mounts  []guest.Mount // what the guest mounts besides proc, sysfs, devtmpfs, /tmp and /run
 	Tests   []testBinary
 	Script  *guestScript // run instead of the tests (-script)
 }
 
-// guestMount is one file system the guest's /init mounts, creating the target.
-type guestMount struct{ FSType, Target, Data string }
-
 // bootedSystemMounts are what a booted system (systemd) mounts and a test
 // guest leaves to the code under test, which mounts them when missing: -script
 // gets them ready, as an agent would find them.
-var bootedSystemMounts = []guestMount{
-	{"bpf", "/sys/fs/bpf", "mode=700"},
-	{"tracefs", "/sys/kernel/tracing", ""},
-	{"tmpfs", "/dev/shm", "mode=1777"},
-	{"devpts", "/dev/pts", "gid=5,mode=620,ptmxmode=000"},
+var bootedSystemMounts = []guest.Mount{
+	{FSType: "bpf", Target: "/sys/fs/bpf", Data: "mode=700"},
+	{FSType: "tracefs", Target: "/sys/kernel/tracing"},
+	{FSType: "tmpfs", Target: "/dev/shm", Data: "mode=1777"},
+	{FSType: "devpts", Target: "/dev/pts", Data: "gid=5,mode=620,ptmxmode=000"},
 }
 
 // guestScript is a shell script the guest runs as root with sh.

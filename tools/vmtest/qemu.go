@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"time"
+
+	"github.com/lvwatch/lvwatch/internal/testvm"
 )
 
 // vm is one guest boot.
@@ -29,13 +31,7 @@ var tcgArgs = []string{"-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2",
 func (v vm) boot(ctx context.Context, console io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, v.timeout)
 	defer cancel()
-	args := append([]string{
-		"-nodefaults", "-no-user-config", "-no-reboot",
-		"-display", "none", "-serial", "stdio",
-		"-kernel", v.kernel, "-initrd", v.initrd,
-		// panic=-1 reboots at once on a panic, which -no-reboot turns into QEMU exiting.
-		"-append", "console=ttyS0 quiet panic=-1 oops=panic mitigations=off rdinit=/init",
-	}, tcgArgs...)
+	args := append(testvm.BootArgs(v.kernel, v.initrd, ""), tcgArgs...)
 	args = append(args, v.diskArgs()...)
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	cmd.Stdout, cmd.Stderr = console, os.Stderr
@@ -56,15 +52,12 @@ func (v vm) boot(ctx context.Context, console io.Writer) error {
 // and the device's shared writes on.
 func (v vm) diskArgs() []string {
 	var args []string
-	for i, d := range v.disks {
-		if !v.shared {
-			args = append(args, "-drive", "file="+d+",if=virtio,format=raw,cache=unsafe")
-			continue
+	for i, path := range v.disks {
+		d := testvm.Drive{Path: path, Format: "raw", Cache: "unsafe"}
+		if v.shared {
+			d.Cache, d.AIO, d.Shared = "none", "threads", true
 		}
-		id := fmt.Sprintf("d%d", i)
-		args = append(args,
-			"-drive", "file="+d+",format=raw,if=none,id="+id+",cache=none,aio=threads,file.locking=off",
-			"-device", "virtio-blk-pci,drive="+id+",share-rw=on")
+		args = append(args, d.QEMUArgs(i)...)
 	}
 	return args
 }

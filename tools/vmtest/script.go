@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/lvwatch/lvwatch/internal/size"
+	"github.com/lvwatch/lvwatch/internal/testvm"
 )
 
 // -script: boot the guest, run a shell script in it as root, exit with its
@@ -64,12 +65,12 @@ func runScriptHost(ctx context.Context, o options) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("-script: %w", err)
 	}
-	moduleDir, _, err := module()
+	moduleDir, _, err := testvm.Module()
 	if err != nil {
 		return 0, err
 	}
 	if o.cacheDir == "" {
-		o.cacheDir = filepath.Join(moduleDir, ".cache", "vmtest")
+		o.cacheDir = testvm.CacheDir(moduleDir)
 	}
 	if err := os.MkdirAll(o.cacheDir, 0o755); err != nil {
 		return 0, err
@@ -86,10 +87,10 @@ func runScriptHost(ctx context.Context, o options) (int, error) {
 	}
 	progress("building lvwatch and the guest's /init")
 	binDir := filepath.Join(work, "bin")
-	if err := goBuild(moduleDir, "build", "-o", filepath.Join(binDir, "lvwatch"), "./cmd/lvwatch"); err != nil {
+	if err := testvm.GoStatic(moduleDir, "build", "-o", filepath.Join(binDir, "lvwatch"), "./cmd/lvwatch"); err != nil {
 		return 0, err
 	}
-	if err := goBuild(moduleDir, "build", "-o", filepath.Join(work, "init"), "./tools/vmtest"); err != nil {
+	if err := testvm.GoStatic(moduleDir, "build", "-o", filepath.Join(work, "init"), "./tools/vmtest"); err != nil {
 		return 0, err
 	}
 	nonce := make([]byte, 4)
