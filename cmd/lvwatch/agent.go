@@ -43,6 +43,7 @@ func runAgent(ctx context.Context, args []string) error {
 	statusSocket := fs.String("socket", "", "serve `lvwatch status` on this unix socket (default "+statusd.DefaultSocket+")")
 	var sockets stringList
 	fs.Var(&sockets, "qmp", "resume VMs paused for want of space through these QMP sockets (globs; repeatable; default "+resume.DefaultQMP+")")
+	libvirtURI := fs.String("libvirt", "", "resume them through this libvirt (default: this host's when it runs; none: no libvirt)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -50,8 +51,8 @@ func runAgent(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if sockets != nil {
-		cfg.VMs = config.VMSources((*[]string)(&sockets))
+	if sockets != nil || *libvirtURI != "" {
+		cfg.VMs = config.VMSources((*[]string)(&sockets), *libvirtURI)
 	}
 	metrics := cmp.Or(*metricsAddr, ends.metrics)
 	socket := cmp.Or(*statusSocket, ends.status, statusd.DefaultSocket)
@@ -109,7 +110,7 @@ func agentConfig(path, domain string, hostID int, runSPM bool, devices, chunk, t
 	if err := parseSizes(sizeFlag{"--chunk", chunk, &d.Policy.Chunk}, sizeFlag{"--trigger", trigger, &d.Policy.Trigger}); err != nil {
 		return agent.Config{}, endpoints{}, err
 	}
-	cfg := agent.Config{HostID: hostID, Domains: []agent.Domain{d}, VMs: config.VMSources(nil)}
+	cfg := agent.Config{HostID: hostID, Domains: []agent.Domain{d}, VMs: config.VMSources(nil, "")}
 	if runSPM {
 		cfg.SPM = &spm.Config{Domains: []spm.DomainConfig{{VG: domain, Devices: d.Devices}}}
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/lvwatch/lvwatch/internal/config"
 	"github.com/lvwatch/lvwatch/internal/resume"
 	"github.com/lvwatch/lvwatch/internal/watch"
 )
@@ -22,17 +23,19 @@ func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
 func runResume(ctx context.Context, args []string) error {
 	fs := newFlagSet("resume")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: lvwatch resume [--qmp SOCKET]... DEVICE...\n\n"+
+		fmt.Fprintln(fs.Output(), "usage: lvwatch resume [--qmp SOCKET]... [--libvirt URI] DEVICE...\n\n"+
 			"Resumes the VMs that QEMU paused for want of space on DEVICE (an LV grown by hand:\n"+
 			"/dev/VG/LV, /dev/mapper/..., /dev/dm-N) once every drive of theirs that ran out of\n"+
 			"space is on one of the DEVICEs, with room past its highest write. Every other VM is\n"+
 			"left as it is: paused by someone, on another error, or not using the devices.\n"+
 			"Prints one line per VM; exits 1 if a VM it found or was named could not be reached.\n"+
-			"Without --qmp, the monitors matching "+resume.DefaultQMP+" are asked.")
+			"The VMs are asked through their QMP sockets (default "+resume.DefaultQMP+") and\n"+
+			"libvirt (default: this host's, when it runs).")
 		fs.PrintDefaults()
 	}
 	var sockets stringList
 	fs.Var(&sockets, "qmp", "a VM's QMP socket, or a glob of them (repeatable)")
+	libvirtURI := fs.String("libvirt", "", "libvirt's URI (default: this host's when it runs; none: no libvirt)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -47,10 +50,11 @@ func runResume(ctx context.Context, args []string) error {
 		}
 		devs = append(devs, dev)
 	}
-	if len(sockets) == 0 {
-		sockets = stringList{resume.DefaultQMP}
+	var patterns *[]string // the default
+	if sockets != nil {
+		patterns = (*[]string)(&sockets)
 	}
-	sources := []resume.Source{resume.QMP{Patterns: sockets}}
+	sources := config.VMSources(patterns, *libvirtURI)
 	grown := func(d watch.Dev) bool { return slices.Contains(devs, d) }
 	log := zerolog.Nop() // the lines below say it all, unless asked for more
 	if logger.GetLevel() <= zerolog.DebugLevel {

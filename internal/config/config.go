@@ -55,8 +55,10 @@ type Agent struct {
 	Status   string  `toml:"status_socket"`
 	Metrics  string  `toml:"metrics"` // listen address: host:port, or a unix socket path; "" for none
 	// QMP are the VMs' QMP sockets (globs) the agent resumes VMs through;
-	// default resume.DefaultQMP, [] for none.
+	// default resume.DefaultQMP, [] for none. Libvirt is libvirt's URI: default
+	// this host's libvirt when one runs, "none" for none.
 	QMP     *[]string     `toml:"qmp"`
+	Libvirt string        `toml:"libvirt"`
 	Domains []AgentDomain `toml:"domain"`
 }
 
@@ -168,7 +170,7 @@ func (f *File) AgentConfig() (agent.Config, error) {
 	if s.HostID == 0 {
 		return agent.Config{}, errors.New("config: [agent] needs host_id, this host's id in the domains' mailboxes (1..249)")
 	}
-	cfg := agent.Config{HostID: s.HostID, PinDir: s.PinDir, StateDir: s.StateDir, VMs: VMSources(s.QMP)}
+	cfg := agent.Config{HostID: s.HostID, PinDir: s.PinDir, StateDir: s.StateDir, VMs: VMSources(s.QMP, s.Libvirt)}
 	for _, d := range s.Domains {
 		cfg.Domains = append(cfg.Domains, agent.Domain{
 			VG: d.VG, Inbox: d.Inbox, Outbox: d.Outbox, Devices: d.Devices,
@@ -192,16 +194,22 @@ func (f *File) AgentConfig() (agent.Config, error) {
 	return cfg, nil
 }
 
-// VMSources are the ways to the host's VMs for QMP socket globs: the default
-// when patterns is nil, none when it is empty.
-func VMSources(patterns *[]string) []resume.Source {
-	switch {
-	case patterns == nil:
-		return []resume.Source{resume.QMP{Patterns: []string{resume.DefaultQMP}}}
-	case len(*patterns) == 0:
-		return nil
+// VMSources are the ways to the host's VMs: QMP sockets matching patterns
+// (resume.DefaultQMP when nil, none when empty) and libvirt at uri ("" this
+// host's when one runs, "none" for none).
+func VMSources(patterns *[]string, uri string) []resume.Source {
+	qmp := []string{resume.DefaultQMP}
+	if patterns != nil {
+		qmp = *patterns
 	}
-	return []resume.Source{resume.QMP{Patterns: *patterns}}
+	var sources []resume.Source
+	if len(qmp) > 0 {
+		sources = append(sources, resume.QMP{Patterns: qmp})
+	}
+	if uri != "none" {
+		sources = append(sources, resume.Libvirt{URI: uri})
+	}
+	return sources
 }
 
 // config is the section's settings for domains, each with the section's
