@@ -33,8 +33,12 @@ type Drive struct {
 	Werror string
 	AIO    string // "native", "threads" or "io_uring"; empty for QEMU's default
 	Cache  string // "none" (O_DIRECT on the host), "unsafe"...; empty for QEMU's default
+	// Offset is where on the disk the guest writes (Start): VMs that share
+	// Path write apart. A multiple of 1 MiB.
+	Offset int64
 	// Shared is for a Path that other VMs write too: QEMU's image locking
-	// off and shared writes on.
+	// off and shared writes on. Each QEMU caches the image's metadata, so a
+	// shared qcow2 image must allocate nothing (NewSharedQCOW2Disk).
 	Shared bool
 }
 
