@@ -1,12 +1,16 @@
 //go:build ignore
 
 // lvwatch's write watcher: one event when a write to a watched block device ends
-// past the device's threshold. Attached to tracepoint block:block_bio_queue, which
-// fires in the submitter's context for every bio, device-mapper LVs included.
+// past the device's threshold. It runs at block_bio_queue, which fires in the
+// submitter's context for every bio, device-mapper LVs included, in one of two
+// ways: a BTF raw tracepoint (lvw_bio_btf) that reads the bio itself, or, on
+// kernels without BTF, the classic tracepoint (lvw_bio_queue) that reads the
+// record the kernel fills for it. Both see the same bios and raise the same events.
 
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -123,15 +127,84 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lvw_stats SEC(".maps");
 
-// Whether rwbs (blk_fill_rwbs) names a write that moves the end of the used area:
-// W, or N with data (write-zeroes). A leading F is a preflush, not the operation.
-static __always_inline int lvw_is_write(char c0, char c1, __u32 nr_sector)
+// Whether rwbs (blk_fill_rwbs; its first two letters, little-endian) names a write
+// that moves the end of the used area: W, or N with data (write-zeroes). A leading
+// F is a preflush, not the operation.
+static __always_inline int lvw_rwbs_writes(__u16 rwbs, __u32 nr_sector)
 {
+	char c0 = rwbs & 0xff, c1 = rwbs >> 8;
 	char op = c0;
 
 	if (c0 == 'F' && (c1 == 'W' || c1 == 'N' || c1 == 'R' || c1 == 'D' || c1 == 'F'))
 		op = c1;
 	return nr_sector > 0 && (op == 'W' || op == 'N');
+}
+
+// The kernel's types, as far as the BTF program reads them; CO-RE relocates each
+// field and enumerator to the running kernel's.
+struct gendisk {
+	int major;
+	int first_minor;
+} __attribute__((preserve_access_index));
+
+struct block_device {
+	struct gendisk *bd_disk;
+} __attribute__((preserve_access_index));
+
+struct bvec_iter {
+	__u64 bi_sector;
+	__u32 bi_size;
+} __attribute__((preserve_access_index));
+
+struct bio {
+	struct block_device *bi_bdev;
+	__u32 bi_opf;
+	struct bvec_iter bi_iter;
+} __attribute__((preserve_access_index));
+
+// The classic tracepoint's record, for the width of its rwbs alone.
+struct trace_event_raw_block_bio {
+	char rwbs[8];
+} __attribute__((preserve_access_index));
+
+enum req_op {
+	REQ_OP_READ,
+	REQ_OP_WRITE,
+	REQ_OP_FLUSH,
+	REQ_OP_DISCARD,
+	REQ_OP_SECURE_ERASE,
+	REQ_OP_ZONE_APPEND,
+	REQ_OP_ZONE_OPEN,
+	REQ_OP_ZONE_CLOSE,
+	REQ_OP_ZONE_FINISH,
+	REQ_OP_ZONE_RESET,
+	REQ_OP_ZONE_RESET_ALL,
+};
+
+enum req_flag_bits {
+	__REQ_FAILFAST_DEV, // the first flag: the bits below it hold the operation
+};
+
+#define LVW_OP(name) bpf_core_enum_value(enum req_op, name)
+
+// Whether opf is an operation that lvw_rwbs_writes counts, as this kernel's
+// blk_fill_rwbs names it: every operation is N but those it names otherwise, and
+// of those only W is a write. The kernel that widened rwbs to 10 bytes also
+// named the zone operations (Z...), which were N before; zone append carries
+// data, so it counts as a write exactly where rwbs says N for it.
+static __always_inline int lvw_opf_writes(__u32 opf, __u32 nr_sector)
+{
+	__u32 op = opf & ((1U << bpf_core_enum_value(enum req_flag_bits, __REQ_FAILFAST_DEV)) - 1);
+
+	if (nr_sector == 0 || op == LVW_OP(REQ_OP_READ) || op == LVW_OP(REQ_OP_FLUSH) ||
+	    op == LVW_OP(REQ_OP_DISCARD) || op == LVW_OP(REQ_OP_SECURE_ERASE))
+		return 0;
+	if (bpf_core_field_size(struct trace_event_raw_block_bio, rwbs) >= 10 &&
+	    (op == LVW_OP(REQ_OP_ZONE_APPEND) || op == LVW_OP(REQ_OP_ZONE_OPEN) ||
+	     op == LVW_OP(REQ_OP_ZONE_CLOSE) || op == LVW_OP(REQ_OP_ZONE_FINISH) ||
+	     op == LVW_OP(REQ_OP_ZONE_RESET) || op == LVW_OP(REQ_OP_ZONE_RESET_ALL)))
+		return 0;
+	return 1;
 }
 
 // lvw_raise_high makes lvw_high[dev] at least end. Writers on other CPUs may race:
@@ -155,7 +228,12 @@ static __always_inline void lvw_raise_high(__u32 dev, __u64 end)
 	}
 }
 
-static __always_inline void lvw_bio(__u32 dev, __u64 sector, __u32 nr_sector, char c0, char c1)
+// How a program read the bio's operation: the record's rwbs, or the bio's bi_opf.
+enum lvw_op_source { LVW_RWBS, LVW_OPF };
+
+// lvw_bio is the watcher's logic for one bio, whichever program read it. The
+// operation is decoded only for a bio past the gate.
+static __always_inline void lvw_bio(__u32 dev, __u64 sector, __u32 nr_sector, __u32 op, enum lvw_op_source source)
 {
 	// The same fold of dev_t as gateSlot in Go: the minor's low bits stay apart.
 	__u32 slot = (dev ^ (dev >> 12)) & (LVW_GATE_SLOTS - 1);
@@ -182,7 +260,7 @@ static __always_inline void lvw_bio(__u32 dev, __u64 sector, __u32 nr_sector, ch
 		return;
 	if (cnt && gate_dev != dev)
 		cnt->bios++;
-	if (!lvw_is_write(c0, c1, nr_sector))
+	if (!(source == LVW_RWBS ? lvw_rwbs_writes(op, nr_sector) : lvw_opf_writes(op, nr_sector)))
 		return;
 	lvw_raise_high(dev, end);
 	if (end <= arm->threshold)
@@ -220,21 +298,45 @@ static __always_inline void lvw_bio(__u32 dev, __u64 sector, __u32 nr_sector, ch
 		cnt->crossings++;
 }
 
-SEC("tracepoint/block/block_bio_queue")
-int lvw_bio_queue(struct lvw_bio_rec *rec)
+// The BTF raw tracepoint: the bio as the tracepoint gets it, before any remapping,
+// so an LV's bio carries the LV's device and sectors. The record's dev is
+// bio_dev(): the whole disk's number (a partition's bios count on its disk, at
+// disk sectors), MKDEV(major, first_minor); its nr_sector, bio_sectors().
+SEC("tp_btf/block_bio_queue")
+int lvw_bio_btf(__u64 *ctx)
 {
-	lvw_bio(rec->dev, rec->sector, rec->nr_sector, rec->rwbs[0], rec->rwbs[1]);
+	struct bio *bio = (struct bio *)ctx[0];
+	struct gendisk *disk = bio->bi_bdev->bd_disk;
+
+	lvw_bio((__u32)disk->major << 20 | disk->first_minor, bio->bi_iter.bi_sector, bio->bi_iter.bi_size >> 9,
+		bio->bi_opf, LVW_OPF);
 	return 0;
 }
 
-// A twin of lvw_bio_queue for BPF_PROG_TEST_RUN, which tracepoint programs do not
-// support. Never attached. Its arguments: dev, sector, nr_sector, rwbs (8 bytes,
-// little-endian).
-SEC("raw_tp")
-int lvw_bio_test(struct bpf_raw_tracepoint_args *ctx)
+// The classic tracepoint, where the kernel has no BTF. It returns 1: a tracepoint
+// program's 0 drops the event for every perf user of the tracepoint (perf stat,
+// perf record), which would blind the operator's own block tracing.
+SEC("tracepoint/block/block_bio_queue")
+int lvw_bio_queue(struct lvw_bio_rec *rec)
 {
-	__u64 rwbs = ctx->args[3];
+	lvw_bio(rec->dev, rec->sector, rec->nr_sector, *(__u16 *)rec->rwbs, LVW_RWBS);
+	return 1;
+}
 
-	lvw_bio(ctx->args[0], ctx->args[1], ctx->args[2], rwbs & 0xff, (rwbs >> 8) & 0xff);
+// Twins of the two programs for BPF_PROG_TEST_RUN, which runs neither tracepoint
+// program type. Never attached. Each takes what its program reads: dev, sector,
+// then nr_sector and rwbs (8 bytes, little-endian) for the record, bi_size and
+// bi_opf for the bio.
+SEC("raw_tp")
+int lvw_test_rec(struct bpf_raw_tracepoint_args *ctx)
+{
+	lvw_bio(ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3], LVW_RWBS);
+	return 0;
+}
+
+SEC("raw_tp")
+int lvw_test_bio(struct bpf_raw_tracepoint_args *ctx)
+{
+	lvw_bio(ctx->args[0], ctx->args[1], (__u32)ctx->args[2] >> 9, ctx->args[3], LVW_OPF);
 	return 0;
 }

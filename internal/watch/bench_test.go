@@ -14,7 +14,7 @@ import (
 // write syscall to the moment a reader goroutine blocked in Read has the event.
 // Run with -benchtime 10000x for 10,000 crossings.
 func BenchmarkDetectionLatency(b *testing.B) {
-	w := openWatcher(b)
+	w := openWatcher(b, ProbeAuto)
 	dev := newBlockDev(b, "/dev/shm", 64*mib)
 	buf := alignedBuf(4096)
 
@@ -67,7 +67,7 @@ func BenchmarkDetectionLatency(b *testing.B) {
 func BenchmarkBioCost(b *testing.B) {
 	for _, mode := range []string{"watched", "past", "unwatched"} {
 		b.Run(mode, func(b *testing.B) {
-			w := openWatcher(b)
+			w := openWatcher(b, ProbeAuto)
 			dev := newBlockDev(b, "/dev/shm", 64*mib)
 			buf := alignedBuf(4096)
 			switch mode {

@@ -57,8 +57,10 @@ const (
 	bpfMapLvwHigh        = "lvw_high"
 	bpfMapLvwStats       = "lvw_stats"
 	bpfMapLvwWatch       = "lvw_watch"
+	bpfProgLvwBioBtf     = "lvw_bio_btf"
 	bpfProgLvwBioQueue   = "lvw_bio_queue"
-	bpfProgLvwBioTest    = "lvw_bio_test"
+	bpfProgLvwTestBio    = "lvw_test_bio"
+	bpfProgLvwTestRec    = "lvw_test_rec"
 	bpfVarLvwUnusedEvent = "lvw_unused_event"
 )
 
@@ -104,8 +106,10 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
+	LvwBioBtf   *ebpf.ProgramSpec `ebpf:"lvw_bio_btf"`
 	LvwBioQueue *ebpf.ProgramSpec `ebpf:"lvw_bio_queue"`
-	LvwBioTest  *ebpf.ProgramSpec `ebpf:"lvw_bio_test"`
+	LvwTestBio  *ebpf.ProgramSpec `ebpf:"lvw_test_bio"`
+	LvwTestRec  *ebpf.ProgramSpec `ebpf:"lvw_test_rec"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -177,14 +181,18 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
+	LvwBioBtf   *ebpf.Program `ebpf:"lvw_bio_btf"`
 	LvwBioQueue *ebpf.Program `ebpf:"lvw_bio_queue"`
-	LvwBioTest  *ebpf.Program `ebpf:"lvw_bio_test"`
+	LvwTestBio  *ebpf.Program `ebpf:"lvw_test_bio"`
+	LvwTestRec  *ebpf.Program `ebpf:"lvw_test_rec"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
+		p.LvwBioBtf,
 		p.LvwBioQueue,
-		p.LvwBioTest,
+		p.LvwTestBio,
+		p.LvwTestRec,
 	)
 }
 

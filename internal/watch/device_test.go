@@ -16,8 +16,10 @@ import (
 
 const mib = 1 << 20
 
-func TestDeviceCrossings(t *testing.T) {
-	w := openWatcher(t)
+func TestDeviceCrossings(t *testing.T) { eachProbe(t, testDeviceCrossings) }
+
+func testDeviceCrossings(t *testing.T, probe Probe) {
+	w := openWatcher(t, probe)
 	dev := newBlockDev(t, "", 64*mib)
 	other := newBlockDev(t, "", 64*mib)
 	buf := alignedBuf(64 << 10)
@@ -62,8 +64,10 @@ func commOf(t testing.TB) string {
 	return strings.TrimSpace(string(b))
 }
 
-func TestDeviceRacingWriters(t *testing.T) {
-	w := openWatcher(t)
+func TestDeviceRacingWriters(t *testing.T) { eachProbe(t, testDeviceRacingWriters) }
+
+func testDeviceRacingWriters(t *testing.T, probe Probe) {
+	w := openWatcher(t, probe)
 	dev := newBlockDev(t, "", 64*mib)
 	const writers = 8
 	for round := range 20 {
@@ -88,10 +92,11 @@ func TestDeviceRacingWriters(t *testing.T) {
 	}
 }
 
-func TestDeviceEventsSurviveRestart(t *testing.T) {
-	requireBPF(t)
+func TestDeviceEventsSurviveRestart(t *testing.T) { eachProbe(t, testDeviceEventsSurviveRestart) }
+
+func testDeviceEventsSurviveRestart(t *testing.T, probe Probe) {
 	dev := newBlockDev(t, "", 64*mib)
-	opts := Options{PinDir: testPinDir(t)}
+	opts := Options{PinDir: testPinDir(t), Probe: probe}
 	w := mustOpen(t, opts)
 	a, err := w.Arm(dev.Dev, mib)
 	if err != nil {
@@ -123,7 +128,7 @@ func TestDeviceEventsSurviveRestart(t *testing.T) {
 
 // bpftool, the operator's view: the pinned maps show their fields by name.
 func TestDeviceBpftoolShowsFields(t *testing.T) {
-	w := openWatcher(t)
+	w := openWatcher(t, ProbeAuto)
 	if _, err := exec.LookPath("bpftool"); err != nil {
 		testutil.SkipOrFail(t, "bpftool not installed (make deps installs it)")
 	}
@@ -141,10 +146,11 @@ func TestDeviceBpftoolShowsFields(t *testing.T) {
 
 // The gate is derived state: a pin that went missing is rebuilt from lvw_watch
 // before the new program runs, so an armed device still raises its event.
-func TestDeviceGateRebuiltFromArmings(t *testing.T) {
-	requireBPF(t)
+func TestDeviceGateRebuiltFromArmings(t *testing.T) { eachProbe(t, testDeviceGateRebuiltFromArmings) }
+
+func testDeviceGateRebuiltFromArmings(t *testing.T, probe Probe) {
 	dev := newBlockDev(t, "", 64*mib)
-	opts := Options{PinDir: testPinDir(t)}
+	opts := Options{PinDir: testPinDir(t), Probe: probe}
 	w := mustOpen(t, opts)
 	cookie := mustArm(t, w, dev.Dev, 8*mib)
 	if err := w.Close(); err != nil {
@@ -217,8 +223,10 @@ func TestDeviceCloseRacesArm(t *testing.T) {
 
 // The block layer reports a partition's writes on its whole disk at disk
 // sectors, so arming a partition would never fire: Arm refuses it.
-func TestDevicePartitionRefused(t *testing.T) {
-	w := openWatcher(t)
+func TestDevicePartitionRefused(t *testing.T) { eachProbe(t, testDevicePartitionRefused) }
+
+func testDevicePartitionRefused(t *testing.T, probe Probe) {
+	w := openWatcher(t, probe)
 	disk := newPartitionedLoop(t, 64*mib, 2048, 32768) // one partition at 1 MiB, 16 MiB long
 	part, err := DevOf(disk.Path + "p1")
 	if err != nil {
@@ -239,8 +247,10 @@ func TestDevicePartitionRefused(t *testing.T) {
 // An arming outlives its device (an LV deactivated while armed); a later device
 // of the same number has another diskseq, and Prune disarms the stale entry
 // before it can raise an event for the wrong disk.
-func TestDevicePruneReusedNumber(t *testing.T) {
-	w := openWatcher(t)
+func TestDevicePruneReusedNumber(t *testing.T) { eachProbe(t, testDevicePruneReusedNumber) }
+
+func testDevicePruneReusedNumber(t *testing.T, probe Probe) {
+	w := openWatcher(t, probe)
 	backing := filepath.Join(t.TempDir(), "other.img")
 	if err := os.WriteFile(backing, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -286,8 +296,9 @@ func TestDevicePruneReusedNumber(t *testing.T) {
 	}
 }
 
-// Open refuses a kernel whose tracepoint record differs from what the program
-// reads, rather than watch garbage.
+// Open refuses to attach the classic tracepoint to a kernel whose record differs
+// from what the program reads, rather than watch garbage; the BTF probe, which
+// reads the bio, does without the record.
 func TestDeviceOpenChecksRecordLayout(t *testing.T) {
 	requireBPF(t)
 	moved := strings.Replace(format618, "field:dev_t dev;\toffset:8;", "field:dev_t dev;\toffset:12;", 1)
@@ -298,13 +309,20 @@ func TestDeviceOpenChecksRecordLayout(t *testing.T) {
 	saved := tracepointFormat
 	tracepointFormat = path
 	defer func() { tracepointFormat = saved }()
-	w, err := Open(Options{PinDir: testPinDir(t)})
+	w, err := Open(Options{PinDir: testPinDir(t), Probe: ProbeTracepoint})
 	if err == nil {
 		w.CloseAndUnpin()
 		t.Fatal("Open accepted a record with dev at offset 12")
 	}
 	if !strings.Contains(err.Error(), `field "dev" at offset 12, want 8`) {
 		t.Errorf("Open: %v, want the field named", err)
+	}
+
+	requireProbe(t, ProbeBTF)
+	w = mustOpen(t, Options{PinDir: testPinDir(t)})
+	defer w.CloseAndUnpin()
+	if w.Probe() != ProbeBTF {
+		t.Errorf("Open chose %s on a kernel with BTF, want %s", w.Probe(), ProbeBTF)
 	}
 }
 

@@ -32,6 +32,29 @@ func requireBPF(t testing.TB) {
 	}
 }
 
+// requireProbe skips (or fails) where probe cannot run: the BTF one needs the
+// kernel's BTF.
+func requireProbe(t testing.TB, probe Probe) {
+	t.Helper()
+	requireBPF(t)
+	if probe == ProbeBTF {
+		testutil.RequireFile(t, "/sys/kernel/btf/vmlinux", "kernel BTF")
+	}
+}
+
+// probes are the two ways of attaching, each forced.
+var probes = []Probe{ProbeBTF, ProbeTracepoint}
+
+// eachProbe runs test once per probe, as a subtest named after it.
+func eachProbe(t *testing.T, test func(t *testing.T, probe Probe)) {
+	for _, probe := range probes {
+		t.Run(string(probe), func(t *testing.T) {
+			requireProbe(t, probe)
+			test(t, probe)
+		})
+	}
+}
+
 // testPinDir is a pin directory of the test's own, so tests never touch a running agent's.
 func testPinDir(t testing.TB) string {
 	sweepTestPins.Do(removeDeadTestPins)
@@ -67,11 +90,15 @@ func mustOpen(t testing.TB, opts Options) *Watcher {
 	return w
 }
 
-// openWatcher opens a watcher on a fresh pin directory and removes it at cleanup.
-func openWatcher(t testing.TB) *Watcher {
+// openWatcher opens a watcher attached by probe on a fresh pin directory and
+// removes it at cleanup.
+func openWatcher(t testing.TB, probe Probe) *Watcher {
 	t.Helper()
-	requireBPF(t)
-	w := mustOpen(t, Options{PinDir: testPinDir(t)})
+	requireProbe(t, probe)
+	w := mustOpen(t, Options{PinDir: testPinDir(t), Probe: probe})
+	if probe != ProbeAuto && w.Probe() != probe {
+		t.Fatalf("watcher attached by %s, want %s", w.Probe(), probe)
+	}
 	t.Cleanup(func() {
 		if err := w.CloseAndUnpin(); err != nil {
 			t.Errorf("CloseAndUnpin: %v", err)
@@ -242,21 +269,20 @@ func (d *blockDev) rangeIoctl(t testing.TB, req uint, offset, length uint64) {
 	}
 }
 
-// loadTestProgram loads lvw_bio_test, the BPF_PROG_TEST_RUN twin of the watcher,
-// on the same pinned maps as w.
-func loadTestProgram(t testing.TB, w *Watcher) *ebpf.Program {
+// loadTestProgram loads a BPF_PROG_TEST_RUN twin of the watcher's programs
+// (lvw_test_rec or lvw_test_bio) on w's maps.
+func loadTestProgram(t testing.TB, w *Watcher, name string) *ebpf.Program {
 	t.Helper()
 	spec, err := loadBpf()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var objs struct {
-		Prog *ebpf.Program `ebpf:"lvw_bio_test"`
+	prog, err := loadProgram(spec, name, w.objs.byName())
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: w.pinDir}}); err != nil {
-		t.Fatalf("load lvw_bio_test: %v", err)
-	}
-	t.Cleanup(func() { objs.Prog.Close() })
-	return objs.Prog
+	t.Cleanup(func() { prog.Close() })
+	return prog
 }
+
 func ptrOf[T any](s []T) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(s)) }

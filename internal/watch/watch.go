@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/rs/zerolog"
@@ -38,6 +39,35 @@ var (
 type Options struct {
 	PinDir string // default DefaultPinDir
 	Logger zerolog.Logger
+	// Probe forces one way of attaching; by default (ProbeAuto) the BTF raw
+	// tracepoint where the kernel has BTF, else the classic tracepoint.
+	Probe Probe
+}
+
+// Probe is how the program meets block:block_bio_queue. Both ways see the same
+// bios and raise the same events.
+type Probe string
+
+const (
+	// ProbeAuto picks ProbeBTF, or ProbeTracepoint where BTF is missing or the
+	// BTF program cannot load or attach (logged with the reason).
+	ProbeAuto Probe = ""
+	// ProbeBTF is a BTF raw tracepoint (tp_btf) reading the bio itself by
+	// CO-RE: the kernel fills no trace record for it, and the tracepoint's perf
+	// users are untouched.
+	ProbeBTF Probe = "tp_btf"
+	// ProbeTracepoint is the classic tracepoint, reading the record the kernel
+	// fills for it (perf_trace_block_bio, blk_fill_rwbs): every bio on the host
+	// pays for that record, about twice the BTF probe's cost.
+	ProbeTracepoint Probe = "tracepoint"
+)
+
+// program is the BPF program of each probe, in bpf/lvwatch.c.
+func (p Probe) program() string {
+	if p == ProbeBTF {
+		return bpfProgLvwBioBtf
+	}
+	return bpfProgLvwBioQueue
 }
 
 // Event is one threshold crossing.
@@ -65,10 +95,10 @@ type Counters struct {
 }
 
 // objects are the parts of the BPF collection the watcher uses: every map, and
-// the program without its test twin.
+// the program of its probe.
 type objects struct {
 	bpfMaps
-	Prog *ebpf.Program `ebpf:"lvw_bio_queue"`
+	Prog *ebpf.Program
 }
 
 // Watcher owns the loaded watcher. Every method may be called from any
@@ -80,6 +110,7 @@ type Watcher struct {
 	gate   *gate
 	lock   *os.File // the pin directory, flocked while this Watcher lives
 	pinDir string
+	probe  Probe
 	log    zerolog.Logger
 
 	// mu serialises the map updates of Arm and Disarm, which go together, and
@@ -96,11 +127,17 @@ type arming struct{ cookie, diskseq uint64 }
 
 // Open loads the watcher, reusing pinned maps so that crossings that happened while
 // no process was reading are delivered, and attaches a fresh program before the old
-// link is dropped, so that no write goes unseen across a restart. Only one process
-// may hold the watcher at a time: a second gets ErrBusy.
+// link is dropped, so that no write goes unseen across a restart, whichever probe
+// the old link used. Only one process may hold the watcher at a time: a second
+// gets ErrBusy.
 func Open(opts Options) (_ *Watcher, err error) {
 	if opts.PinDir == "" {
 		opts.PinDir = DefaultPinDir
+	}
+	switch opts.Probe {
+	case ProbeAuto, ProbeBTF, ProbeTracepoint:
+	default:
+		return nil, fmt.Errorf("unknown probe %q (want %q or %q)", opts.Probe, ProbeBTF, ProbeTracepoint)
 	}
 	w := &Watcher{pinDir: opts.PinDir, log: opts.Logger, current: map[uint32]arming{}}
 	defer func() {
@@ -111,9 +148,6 @@ func Open(opts Options) (_ *Watcher, err error) {
 	if err := ensureFilesystems(); err != nil {
 		return nil, err
 	}
-	if err := checkTracepointFormat(); err != nil {
-		return nil, err
-	}
 	if err := w.lockPinDir(); err != nil {
 		return nil, err
 	}
@@ -121,12 +155,12 @@ func Open(opts Options) (_ *Watcher, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("load BPF spec: %w", err)
 	}
-	err = spec.LoadAndAssign(&w.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: w.pinDir}})
+	err = spec.LoadAndAssign(&w.objs.bpfMaps, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: w.pinDir}})
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		return nil, fmt.Errorf("maps pinned in %s are from an incompatible lvwatch (remove the directory to start afresh, losing undelivered events): %w", w.pinDir, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("load BPF objects: %w", err)
+		return nil, fmt.Errorf("load BPF maps: %w", err)
 	}
 	if w.gate, err = mapGate(w.objs.LvwGate); err != nil {
 		return nil, err
@@ -137,7 +171,7 @@ func Open(opts Options) (_ *Watcher, err error) {
 	}
 	// The gate is rebuilt before the new program runs, so that it sees every
 	// watched device from its first bio.
-	if err := w.attach(); err != nil {
+	if err := w.attachProbe(spec, opts.Probe); err != nil {
 		return nil, err
 	}
 	if w.events, err = ringbuf.NewReader(w.objs.LvwEvents); err != nil {
@@ -150,6 +184,31 @@ func Open(opts Options) (_ *Watcher, err error) {
 	// from the wall clock's nanoseconds keeps new cookies above those too.
 	w.cookie = max(last, uint64(time.Now().UnixNano()))
 	return w, nil
+}
+
+// Probe reports how the watcher's program is attached.
+func (w *Watcher) Probe() Probe { return w.probe }
+
+// attachProbe loads and attaches the program of the probe asked for; for
+// ProbeAuto, the BTF one unless the kernel has no BTF or it fails, then the
+// classic one, saying why.
+func (w *Watcher) attachProbe(spec *ebpf.CollectionSpec, probe Probe) error {
+	if probe != ProbeAuto {
+		return w.attach(spec, probe)
+	}
+	if _, err := btf.LoadKernelSpec(); err != nil {
+		w.log.Info().Err(err).Msg("the kernel has no BTF: watching with the classic tracepoint")
+		return w.attach(spec, ProbeTracepoint)
+	}
+	btfErr := w.attach(spec, ProbeBTF)
+	if btfErr == nil {
+		return nil
+	}
+	w.log.Warn().Err(btfErr).Msg("cannot watch with the BTF raw tracepoint: falling back to the classic tracepoint, which costs every bio on the host about twice as much")
+	if err := w.attach(spec, ProbeTracepoint); err != nil {
+		return errors.Join(btfErr, err)
+	}
+	return nil
 }
 
 func (w *Watcher) lockPinDir() error {
@@ -171,24 +230,35 @@ func (w *Watcher) lockPinDir() error {
 	return nil
 }
 
-// attach attaches the program and moves the link pin to it. The old link, if any,
-// is detached only once the new one is attached: for that instant both run, and
-// the disarm in lvw_armed keeps it at one event per crossing.
-func (w *Watcher) attach() error {
-	l, err := link.Tracepoint("block", "block_bio_queue", w.objs.Prog, nil)
-	if err != nil {
-		return fmt.Errorf("attach to tracepoint block:block_bio_queue: %w", err)
-	}
-	w.link = l
-	path := filepath.Join(w.pinDir, linkPin)
-	if old, err := link.LoadPinnedLink(path, nil); err == nil {
-		if err := old.Unpin(); err != nil {
-			old.Close()
-			return fmt.Errorf("unpin previous link: %w", err)
+// attach loads probe's program on the watcher's maps, attaches it and moves the
+// link pin to it. The old link, if any, is detached only once the new one is
+// attached: for that instant both run (bios on watched devices count twice),
+// and the disarm in lvw_armed keeps it at one event per crossing.
+func (w *Watcher) attach(spec *ebpf.CollectionSpec, probe Probe) error {
+	if probe == ProbeTracepoint {
+		if err := checkTracepointFormat(); err != nil {
+			return err
 		}
-		old.Close()
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("load pinned link %s: %w", path, err)
+	}
+	prog, err := loadProgram(spec, probe.program(), w.objs.byName())
+	if err != nil {
+		return err
+	}
+	var l link.Link
+	if probe == ProbeBTF {
+		l, err = link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
+	} else {
+		l, err = link.Tracepoint("block", "block_bio_queue", prog, nil)
+	}
+	if err != nil {
+		prog.Close()
+		return fmt.Errorf("attach %s to block_bio_queue: %w", probe, err)
+	}
+	w.objs.Prog, w.link, w.probe = prog, l, probe
+	w.log.Info().Str("probe", string(probe)).Str("program", probe.program()).Str("pins", w.pinDir).Msg("watching block_bio_queue")
+	path := filepath.Join(w.pinDir, linkPin)
+	if err := w.dropPinnedLink(path); err != nil {
+		return err
 	}
 	if err := l.Pin(path); err != nil {
 		// Kernels before 5.15 attach tracepoints without a pinnable link: the
@@ -196,6 +266,37 @@ func (w *Watcher) attach() error {
 		w.log.Warn().Err(err).Str("path", path).Msg("cannot pin the tracepoint link; writes are unwatched while no agent runs")
 	}
 	return nil
+}
+
+// dropPinnedLink detaches the link a previous watcher pinned at path, if any.
+func (w *Watcher) dropPinnedLink(path string) error {
+	old, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load pinned link %s: %w", path, err)
+	}
+	defer old.Close()
+	if info, err := old.Info(); err == nil {
+		w.log.Debug().Uint32("link", uint32(info.ID)).Uint32("program", uint32(info.Program)).Msg("detaching the previous watcher's link")
+	}
+	if err := old.Unpin(); err != nil {
+		return fmt.Errorf("unpin previous link: %w", err)
+	}
+	return nil
+}
+
+// loadProgram loads the named program of spec on maps, the watcher's.
+func loadProgram(spec *ebpf.CollectionSpec, name string, maps map[string]*ebpf.Map) (*ebpf.Program, error) {
+	one := spec.Copy()
+	one.Programs = map[string]*ebpf.ProgramSpec{name: spec.Programs[name]}
+	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: maps})
+	if err != nil {
+		return nil, fmt.Errorf("load BPF program %s: %w", name, err)
+	}
+	defer coll.Close()
+	return coll.DetachProgram(name), nil
 }
 
 // loadArmings reads the pinned armings into current, rebuilds the gate from
@@ -390,4 +491,13 @@ func (w *Watcher) closeLocked(unpin bool) error {
 func (o *objects) maps() []*ebpf.Map {
 	m := &o.bpfMaps
 	return []*ebpf.Map{m.LvwWatch, m.LvwArmed, m.LvwHigh, m.LvwEvents, m.LvwStats, m.LvwGate}
+}
+
+// byName maps each map's name in bpf/lvwatch.c to it, for loading a program on them.
+func (o *objects) byName() map[string]*ebpf.Map {
+	m := &o.bpfMaps
+	return map[string]*ebpf.Map{
+		bpfMapLvwWatch: m.LvwWatch, bpfMapLvwArmed: m.LvwArmed, bpfMapLvwHigh: m.LvwHigh,
+		bpfMapLvwEvents: m.LvwEvents, bpfMapLvwStats: m.LvwStats, bpfMapLvwGate: m.LvwGate,
+	}
 }
