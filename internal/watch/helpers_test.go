@@ -1,6 +1,7 @@
 package watch
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -95,7 +96,8 @@ func mustOpen(t testing.TB, opts Options) *Watcher {
 func openWatcher(t testing.TB, probe Probe) *Watcher {
 	t.Helper()
 	requireProbe(t, probe)
-	w := mustOpen(t, Options{PinDir: testPinDir(t), Probe: probe})
+	// Named after the probe too: a test may open one watcher of each.
+	w := mustOpen(t, Options{PinDir: testPinDir(t) + "-" + cmp.Or(string(probe), "auto"), Probe: probe})
 	if probe != ProbeAuto && w.Probe() != probe {
 		t.Fatalf("watcher attached by %s, want %s", w.Probe(), probe)
 	}
