@@ -220,3 +220,13 @@ func (r *Result) set(i string, d DriveResult) {
 		r.Drives[n] = d
 	}
 }
+
+// Exited reports whether QEMU has exited (the guest powered off, or it failed).
+func (v *VM) Exited() bool {
+	select {
+	case <-v.exited:
+		return true
+	default:
+		return false
+	}
+}
