@@ -11,6 +11,7 @@ packages=(
 	qemu-utils                   # qemu-img / qemu-io: the real qcow2 writer
 	qemu-system-x86 busybox-static cpio kmod  # tools/vmtest: a real kernel with device-mapper (cpio: its archive test)
 	systemd                      # systemd-analyze: cmd/lvwatch's TestDeployUnit verifies deploy/lvwatch.service
+	libvirt-daemon-system libvirt-daemon-driver-qemu  # internal/resume's libvirt test: libvirtd and its qemu driver (and user)
 	linux-perf                   # perf: internal/watch checks perf still counts block_bio_queue with lvwatch attached, and profiles the probe's cost
 )
 

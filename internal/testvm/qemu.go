@@ -10,16 +10,22 @@ import (
 // (extra appended) on which a panic reboots at once, which -no-reboot turns
 // into QEMU exiting.
 func BootArgs(kernel, initrd, extra string) []string {
-	cmdline := "console=ttyS0 quiet panic=-1 oops=panic mitigations=off rdinit=/init"
-	if extra != "" {
-		cmdline += " " + extra
-	}
 	return []string{
 		"-nodefaults", "-no-user-config", "-no-reboot",
 		"-display", "none", "-serial", "stdio",
 		"-kernel", kernel, "-initrd", initrd,
-		"-append", cmdline,
+		"-append", Cmdline(extra),
 	}
+}
+
+// Cmdline is a test VM's kernel command line, extra appended: the console on
+// the first serial port, and a panic that reboots at once.
+func Cmdline(extra string) string {
+	cmdline := "console=ttyS0 quiet panic=-1 oops=panic mitigations=off rdinit=/init"
+	if extra != "" {
+		cmdline += " " + extra
+	}
+	return cmdline
 }
 
 // Drive is one virtio disk of a VM. The guest names them /dev/vda, /dev/vdb...

@@ -17,10 +17,10 @@ func TestParseReport(t *testing.T) {
 		{Device: "vdb", Error: "write at 16777216: input/output error"},
 		{},
 	}}
-	if got := parseReport(console, 3); !reflect.DeepEqual(got, want) {
+	if got := ParseReport(console, 3); !reflect.DeepEqual(got, want) {
 		t.Errorf("got %+v\nwant %+v", got, want)
 	}
-	if got := parseReport("testvm: drive 0 vda verified 1 bytes at offset 0\n", 1); got.Done {
+	if got := ParseReport("testvm: drive 0 vda verified 1 bytes at offset 0\n", 1); got.Done {
 		t.Error("done without the line that says so")
 	}
 }
@@ -32,7 +32,7 @@ func FuzzParseReport(f *testing.F) {
 		if drives < 0 || drives > 26 {
 			return
 		}
-		if r := parseReport(console, drives); len(r.Drives) != drives {
+		if r := ParseReport(console, drives); len(r.Drives) != drives {
 			t.Fatalf("%d drives, want %d", len(r.Drives), drives)
 		}
 	})

@@ -31,6 +31,8 @@ type Options struct {
 	Monitors int
 }
 
+const defaultDataMiB = 16
+
 // machineArgs are the VM's hardware: one emulated CPU and little memory (the
 // writer streams its data); q35 found its virtio disks faster than pc here.
 var machineArgs = []string{"-M", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "256"}
@@ -59,7 +61,7 @@ func Start(t testing.TB, kit Kit, opt Options) *VM {
 			t.Fatalf("testvm.Start: drive %d: offset %d is not a multiple of 1 MiB", i, d.Offset)
 		}
 	}
-	opt.DataMiB = cmp.Or(opt.DataMiB, 16)
+	opt.DataMiB = cmp.Or(opt.DataMiB, defaultDataMiB)
 	opt.Monitors = cmp.Or(opt.Monitors, 1)
 	// Not t.TempDir(): a test's name may make a socket path longer than the 107 bytes allowed.
 	dir, err := os.MkdirTemp("", "testvm-")
@@ -68,16 +70,7 @@ func Start(t testing.TB, kit Kit, opt Options) *VM {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 
-	seed := make([]byte, 32)
-	rand.Read(seed)
-	var offsets []string
-	for _, d := range opt.Drives {
-		offsets = append(offsets, strconv.FormatInt(d.Offset, 10))
-	}
-	// no_timer_check: under TCG on a busy host the kernel's timer check at boot can fail and cost seconds.
-	cmdline := fmt.Sprintf("no_timer_check testvm.bytes=%d testvm.offsets=%s testvm.seed=%s",
-		int64(opt.DataMiB)<<20, strings.Join(offsets, ","), hex.EncodeToString(seed))
-	args := append(append([]string{}, machineArgs...), BootArgs(kit.Kernel, kit.Initramfs, cmdline)...)
+	args := append(append([]string{}, machineArgs...), BootArgs(kit.Kernel, kit.Initramfs, opt.WriterParams())...)
 	for i, d := range opt.Drives {
 		args = append(args, d.withDefaults().QEMUArgs(i)...)
 	}
@@ -117,6 +110,21 @@ func Start(t testing.TB, kit Kit, opt Options) *VM {
 		}
 	}
 	return v
+}
+
+// WriterParams are the writer's parameters on the kernel command line (for a
+// VM that another manager, libvirt, boots from the kit): how much to write
+// where, and a fresh seed for its data.
+func (opt Options) WriterParams() string {
+	seed := make([]byte, 32)
+	rand.Read(seed)
+	var offsets []string
+	for _, d := range opt.Drives {
+		offsets = append(offsets, strconv.FormatInt(d.Offset, 10))
+	}
+	// no_timer_check: under TCG on a busy host the kernel's timer check at boot can fail and cost seconds.
+	return fmt.Sprintf("no_timer_check testvm.bytes=%d testvm.offsets=%s testvm.seed=%s",
+		int64(cmp.Or(opt.DataMiB, defaultDataMiB))<<20, strings.Join(offsets, ","), hex.EncodeToString(seed))
 }
 
 func (d Drive) withDefaults() Drive {
@@ -192,11 +200,12 @@ var (
 )
 
 // report reads the guest's lines from the console so far.
-func (v *VM) report() Result { return parseReport(v.Console(), v.drives) }
+func (v *VM) report() Result { return ParseReport(v.Console(), v.drives) }
 
-// parseReport reads the writer's lines for that many drives; it ignores the
-// rest of the console, and drive numbers it has no place for.
-func parseReport(console string, drives int) Result {
+// ParseReport reads the writer's lines for that many drives from a console
+// (VM.Wait does; a test whose VM another manager runs reads its console log);
+// it ignores the rest of the console, and drive numbers it has no place for.
+func ParseReport(console string, drives int) Result {
 	r := Result{Drives: make([]DriveResult, drives)}
 	for _, line := range strings.Split(console, "\n") {
 		line = strings.TrimRight(line, "\r")
