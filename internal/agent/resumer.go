@@ -2,12 +2,14 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/lvwatch/lvwatch/internal/backoff"
 	"github.com/lvwatch/lvwatch/internal/resume"
 	"github.com/lvwatch/lvwatch/internal/watch"
 )
@@ -68,6 +70,13 @@ func (r *resumer) paused() []resume.Outcome {
 }
 
 func (r *resumer) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for _, src := range r.sources {
+		if w, ok := src.(resume.PauseWatcher); ok {
+			wg.Go(func() { r.follow(ctx, w) })
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -79,6 +88,44 @@ func (r *resumer) run(ctx context.Context) {
 		r.due = map[watch.Dev]time.Time{}
 		r.mu.Unlock()
 		r.look(ctx, due)
+	}
+}
+
+// Watches of a VM manager's pauses are set up again after 1 s, doubling up to
+// 30 s: a libvirtd restarted, or started after the agent.
+const (
+	minRewatch = time.Second
+	maxRewatch = 30 * time.Second
+)
+
+// follow looks at the VMs of a disk as soon as a write fails on it for want of
+// space, as w tells: a write the watermark missed (it jumped past the
+// threshold, or the agent was down) leaves an armed LV that a VM ran out of,
+// and the look extends it at once.
+func (r *resumer) follow(ctx context.Context, w resume.PauseWatcher) {
+	retry := backoff.New(minRewatch, maxRewatch)
+	for {
+		start := time.Now()
+		err := w.WatchPauses(ctx, func(path string) {
+			if dev, err := watch.DevOf(path); err == nil {
+				r.log.Info().Stringer("source", w).Str("disk", path).Msg("a VM's write failed for want of space")
+				r.check(dev, time.Time{})
+			}
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > maxRewatch {
+			retry.Reset() // it ran a while: a new break, not the same one
+		}
+		if !errors.Is(err, resume.ErrNoManager) {
+			r.log.Warn().Err(err).Stringer("source", w).Msg("VM pause events lost; watching again")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(retry.Next()):
+		}
 	}
 }
 

@@ -153,6 +153,42 @@ func (m *libvirtMachine) Resume(ctx context.Context) error {
 	return m.conn.DomainResume(m.dom)
 }
 
+// WatchPauses calls fn with the host path of each disk that a write failed on
+// for want of space, as libvirt tells of it (its I/O error event, reason
+// "enospc"), until ctx ends or the connection breaks (the error says why). With
+// no libvirt on this host it returns ErrNoManager.
+func (l Libvirt) WatchPauses(ctx context.Context, fn func(path string)) error {
+	uri := cmp.Or(l.URI, localLibvirt())
+	if uri == "" {
+		return ErrNoManager
+	}
+	u, err := url.Parse(uri)
+	if err != nil {
+		return fmt.Errorf("libvirt URI %q: %w", uri, err)
+	}
+	conn, err := libvirt.ConnectToURI(u)
+	if err != nil {
+		return fmt.Errorf("libvirt %s: %w", uri, err)
+	}
+	defer conn.Disconnect()
+	events, err := conn.SubscribeEvents(ctx, libvirt.DomainEventIDIoErrorReason, libvirt.OptDomain{})
+	if err != nil {
+		return fmt.Errorf("libvirt %s: subscribe to I/O error events: %w", uri, err)
+	}
+	for ev := range events {
+		if e, ok := ev.(*libvirt.DomainEventCallbackIOErrorReasonMsg); ok && e.Msg.Reason == "enospc" {
+			fn(e.Msg.SrcPath)
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("libvirt %s: the event stream ended", uri)
+}
+
+// ErrNoManager: the VM manager a watch was asked of does not run on this host.
+var ErrNoManager = errors.New("not running on this host")
+
 // libvirtStatus is virsh's word for a state and its reason.
 func libvirtStatus(state libvirt.DomainState, reason int32) string {
 	switch state {

@@ -99,10 +99,17 @@ func TestResumeThroughLibvirt(t *testing.T) {
 	defer conn.Disconnect()
 
 	disk := newDisk(t, 16)
+	// The agent hears of the pause from libvirt's event.
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	failedOn := make(chan string, 8)
+	go resume.Libvirt{URI: uri}.WatchPauses(watchCtx, func(path string) { failedOn <- path })
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755) // QEMU runs as libvirt-qemu and writes the console log here
 	console := filepath.Join(dir, "console.log")
 	name := fmt.Sprintf("lvwatch-test-%d", os.Getpid())
+	// About 40 s on the CI machines: its /dev/kvm exists but does not serve
+	// libvirt's QEMU, and libvirt probes QEMU's capabilities again and again.
 	dom, err := conn.DomainCreateXML(domainXML(name, kit, disk.Path, console, 32), 0)
 	if err != nil {
 		t.Fatalf("define the domain: %v", err)
@@ -119,6 +126,15 @@ func TestResumeThroughLibvirt(t *testing.T) {
 		st, reason := state()
 		return st == libvirt.DomainPaused && libvirt.DomainPausedReason(reason) == libvirt.DomainPausedIoerror
 	})
+
+	select {
+	case path := <-failedOn:
+		if path != disk.Path {
+			t.Fatalf("the I/O error event names %s, want %s", path, disk.Path)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("no I/O error event from libvirt")
+	}
 
 	src := []resume.Source{resume.Libvirt{URI: uri}}
 	dev, err := watch.DevOf(disk.Path)

@@ -66,6 +66,12 @@ type Source interface {
 	Visit(ctx context.Context, fn func(Machine)) error
 }
 
+// PauseWatcher is a Source that tells of pauses as they happen.
+type PauseWatcher interface {
+	Source
+	WatchPauses(ctx context.Context, fn func(path string)) error
+}
+
 // minRoom is the free space past a drive's highest write that counts as room: a
 // qcow2 write that failed at the end allocates one cluster (64 KiB by default)
 // and perhaps a table or two; less than this and the VM would pause again at once.
