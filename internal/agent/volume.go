@@ -258,9 +258,11 @@ func (v *volume) arm(sz uint64) (past bool, err error) {
 // extend grows the volume from sz by one chunk: the request through the mailbox,
 // the refresh of its table, the check of its real size, the re-arm.
 func (v *volume) extend(ctx context.Context, sz uint64, crossed time.Time) (again bool, err error) {
-	// A VM may be paused on it: it waited for the SPM, or writes had reached its
-	// end, or a VM said so. The VMs are looked at once its new table is live.
-	late := v.status().High+lateMargin >= sz
+	// A VM may be paused on it: it was at its maximum (and the image grew), it
+	// waited for the SPM, writes had reached its end, or a VM said so. The VMs
+	// are looked at once its new table is live.
+	st := v.status()
+	late := st.State == StateAtMaximum || st.High+lateMargin >= sz
 	v.state(StateExtending, nil)
 	want := v.d.Policy.next(sz, v.max)
 	ph := Phases{From: sz, To: want, Detect: time.Since(crossed)}
