@@ -151,17 +151,13 @@ func (r *resumer) look(ctx context.Context, due map[watch.Dev]time.Time) {
 			waiting = append(waiting, o)
 		}
 	}
-	same := func(x, y resume.Outcome) bool { return x.VM == y.VM && x.Source == y.Source }
 	r.mu.Lock()
 	for _, o := range waiting {
-		if !slices.ContainsFunc(r.waiting, func(old resume.Outcome) bool { return same(old, o) }) {
+		if !slices.ContainsFunc(r.waiting, func(old resume.Outcome) bool { return sameVM(old, o) }) {
 			r.a.metrics.pauses.Inc()
 		}
 	}
-	// The VMs this pass looked at replace what earlier passes said of them.
-	r.waiting = slices.DeleteFunc(r.waiting, func(old resume.Outcome) bool {
-		return slices.ContainsFunc(outcomes, func(o resume.Outcome) bool { return same(o, old) })
-	})
+	r.waiting = slices.DeleteFunc(r.waiting, func(old resume.Outcome) bool { return stale(old, outcomes) })
 	r.waiting = append(r.waiting, waiting...)
 	r.mu.Unlock()
 	for _, o := range waiting {
@@ -169,6 +165,24 @@ func (r *resumer) look(ctx context.Context, due map[watch.Dev]time.Time) {
 			r.a.urgent(d.Dev, o.VM)
 		}
 	}
+}
+
+func sameVM(x, y resume.Outcome) bool { return x.VM == y.VM && x.Source == y.Source }
+
+// stale reports whether a pass's outcomes replace what an earlier pass said of
+// a VM waiting for space: the pass looked at the VM for one of its devices, or
+// the VM's source listed its VMs without it (gone). A VM or a source that could
+// not be asked keeps what was said of it.
+func stale(old resume.Outcome, outcomes []resume.Outcome) bool {
+	for _, o := range outcomes {
+		switch {
+		case sameVM(o, old):
+			return o.Action != resume.Unaffected && o.Action != resume.Failed
+		case o.Source == old.Source && o.VM == "": // the source could not list its VMs
+			return false
+		}
+	}
+	return true
 }
 
 // hasRoom is the agent's word on a device: a watched LV, armed (no write past

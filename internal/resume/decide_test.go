@@ -32,7 +32,7 @@ func TestDecide(t *testing.T) {
 		why  string // a part of the reason
 	}{
 		{"the drive got room", paused(a, fine), []watch.Dev{lvA}, nil, Resumed, "room again on vda"},
-		{"not on the devices", paused(fine), []watch.Dev{lvA}, nil, Left, "uses none"},
+		{"not on the devices", paused(fine), []watch.Dev{lvA}, nil, Unaffected, "uses none"},
 		{"paused by a person", State{Status: "paused", Drives: []Drive{a}}, []watch.Dev{lvA}, nil, Left, "not paused on an I/O error"},
 		{"running", State{Status: "running", Drives: []Drive{a}}, []watch.Dev{lvA}, nil, Left, "status running"},
 		{"another error", paused(Drive{Name: "vda", Path: "/dev/dm-3", Dev: lvA}), []watch.Dev{lvA}, nil, Left, "not for want of space"},

@@ -15,6 +15,7 @@ package resume
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -81,9 +82,10 @@ const minRoom = 1 << 20
 type Action string
 
 const (
-	Resumed Action = "resumed"
-	Left    Action = "left" // not lvwatch's to resume, or not yet
-	Failed  Action = "failed"
+	Resumed    Action = "resumed"
+	Left       Action = "left"       // not lvwatch's to resume, or not yet
+	Unaffected Action = "unaffected" // uses none of the devices
+	Failed     Action = "failed"
 )
 
 // Outcome is one VM Run looked at.
@@ -105,8 +107,8 @@ func (o Outcome) Pending() bool { return o.Action == Left && len(o.Waiting) > 0 
 type Room func(watch.Dev) bool
 
 // Run visits the VMs of every source and resumes those paused on ENOSPC that use
-// one of devs and whose every drive that ran out of space has room now. VMs that
-// use none of devs are left without a look at their state beyond their drives.
+// one of devs and whose every drive that ran out of space has room now. It has
+// an Outcome for every VM it reached, and one for a source it could not list.
 func Run(ctx context.Context, sources []Source, devs []watch.Dev, room Room, log zerolog.Logger) []Outcome {
 	var out []Outcome
 	for _, src := range sources {
@@ -146,14 +148,9 @@ func visit(ctx context.Context, m Machine, devs []watch.Dev, room Room) Outcome 
 // the reason otherwise, and the drives it still waits for. sizeOf reads a
 // device's size.
 func Decide(st State, devs []watch.Dev, room Room, sizeOf func(string) (uint64, error)) (Action, string, []Drive) {
-	uses := false
-	for _, d := range st.Drives {
-		for _, dev := range devs {
-			uses = uses || d.Dev == dev
-		}
-	}
+	uses := slices.ContainsFunc(st.Drives, func(d Drive) bool { return d.Dev != (watch.Dev{}) && slices.Contains(devs, d.Dev) })
 	if !uses {
-		return Left, "uses none of the devices", nil
+		return Unaffected, "uses none of the devices", nil
 	}
 	if !st.IOErrorPause {
 		return Left, "not paused on an I/O error (status " + st.Status + ")", nil
