@@ -61,6 +61,7 @@ bench: deps ## Run the benchmarks (root) and print their figures
 	$(GO) test -run '^$$' -bench . -benchtime 300x ./internal/lvm
 	$(GO) test -run '^$$' -bench . -benchtime 300x ./internal/mailbox
 	$(GO) test -run '^$$' -bench . -benchtime 200x ./internal/spm
+	$(GO) test -run '^$$' -bench . -benchtime 10x ./internal/resume
 	$(GO) run ./tools/vmtest -run '^$$' -bench -benchtime 50x
 
 .PHONY: fuzz
