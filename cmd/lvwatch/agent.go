@@ -51,9 +51,11 @@ func runAgent(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if sockets != nil || *libvirtURI != "" {
-		cfg.VMs = config.VMSources((*[]string)(&sockets), *libvirtURI)
+	// Each flag overrides its own setting of the file's, or the default.
+	if sockets != nil {
+		ends.qmp = (*[]string)(&sockets)
 	}
+	cfg.VMs = config.VMSources(ends.qmp, cmp.Or(*libvirtURI, ends.libvirt))
 	metrics := cmp.Or(*metricsAddr, ends.metrics)
 	socket := cmp.Or(*statusSocket, ends.status, statusd.DefaultSocket)
 	cfg.Log = logger
@@ -84,8 +86,13 @@ func runAgent(ctx context.Context, args []string) error {
 	return err
 }
 
-// endpoints are where the agent serves its metrics and status, as the file says.
-type endpoints struct{ metrics, status string }
+// endpoints are where the agent serves its metrics and status, and the ways to
+// the VMs it resumes, as the file says.
+type endpoints struct {
+	metrics, status string
+	qmp             *[]string
+	libvirt         string
+}
 
 // agentConfig builds the agent's configuration from the file or from the flags.
 func agentConfig(path, domain string, hostID int, runSPM bool, devices, chunk, trigger string) (agent.Config, endpoints, error) {
@@ -98,7 +105,7 @@ func agentConfig(path, domain string, hostID int, runSPM bool, devices, chunk, t
 			return agent.Config{}, endpoints{}, err
 		}
 		cfg, err := f.AgentConfig()
-		return cfg, endpoints{f.Agent.Metrics, f.Agent.Status}, err
+		return cfg, endpoints{f.Agent.Metrics, f.Agent.Status, f.Agent.QMP, f.Agent.Libvirt}, err
 	}
 	if domain == "" || hostID == 0 {
 		return agent.Config{}, endpoints{}, fmt.Errorf("%w: --domain and --host-id, or --config, are required", errUsage)
@@ -110,7 +117,7 @@ func agentConfig(path, domain string, hostID int, runSPM bool, devices, chunk, t
 	if err := parseSizes(sizeFlag{"--chunk", chunk, &d.Policy.Chunk}, sizeFlag{"--trigger", trigger, &d.Policy.Trigger}); err != nil {
 		return agent.Config{}, endpoints{}, err
 	}
-	cfg := agent.Config{HostID: hostID, Domains: []agent.Domain{d}, VMs: config.VMSources(nil, "")}
+	cfg := agent.Config{HostID: hostID, Domains: []agent.Domain{d}}
 	if runSPM {
 		cfg.SPM = &spm.Config{Domains: []spm.DomainConfig{{VG: domain, Devices: d.Devices}}}
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -28,7 +29,7 @@ func runResume(ctx context.Context, args []string) error {
 			"/dev/VG/LV, /dev/mapper/..., /dev/dm-N) once every drive of theirs that ran out of\n"+
 			"space is on one of the DEVICEs, with room past its highest write. Every other VM is\n"+
 			"left as it is: paused by someone, on another error, or not using the devices.\n"+
-			"Prints one line per VM; exits 1 if a VM it found or was named could not be reached.\n"+
+			"Prints one line per VM; exits 1 if a VM or manager named could not be reached.\n"+
 			"The VMs are asked through their QMP sockets (default "+resume.DefaultQMP+") and\n"+
 			"libvirt (default: this host's, when it runs).")
 		fs.PrintDefaults()
@@ -55,7 +56,7 @@ func runResume(ctx context.Context, args []string) error {
 		patterns = (*[]string)(&sockets)
 	}
 	sources := config.VMSources(patterns, *libvirtURI)
-	grown := func(d watch.Dev) bool { return slices.Contains(devs, d) }
+	grown := func(d resume.Drive) bool { return slices.Contains(devs, d.Dev) }
 	log := zerolog.Nop() // the lines below say it all, unless asked for more
 	if logger.GetLevel() <= zerolog.DebugLevel {
 		log = logger
@@ -64,17 +65,18 @@ func runResume(ctx context.Context, args []string) error {
 	return printOutcomes(os.Stdout, outcomes)
 }
 
-// printOutcomes prints one line per VM and fails when one could not be reached.
+// printOutcomes prints one line per VM (or source that could not list its
+// VMs) and fails when one that was named could not be reached or resumed.
 func printOutcomes(w io.Writer, outcomes []resume.Outcome) error {
 	failed := 0
 	for _, o := range outcomes {
-		fmt.Fprintf(w, "%-8s %s: %s\n", o.Action, o.VM, o.Why)
-		if o.Action == resume.Failed {
+		fmt.Fprintf(w, "%-10s %s: %s\n", o.Action, cmp.Or(o.VM, o.Source), o.Why)
+		if o.Action == resume.Failed && o.Named {
 			failed++
 		}
 	}
 	if failed > 0 {
-		return fmt.Errorf("%d VM(s) could not be reached or resumed", failed)
+		return fmt.Errorf("%d VM(s) or VM managers named could not be reached or resumed", failed)
 	}
 	return nil
 }

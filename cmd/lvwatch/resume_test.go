@@ -49,7 +49,7 @@ func TestResumeCommand(t *testing.T) {
 	disk.Grow(t, 64<<20)
 	missing := filepath.Join(t.TempDir(), "gone.qmp")
 	stdout, stderr, code = lvwatch(t, append(args[:len(args)-1], "--qmp", missing, disk.Path)...)
-	if code != 1 || !strings.Contains(stdout, "resumed  "+vm.QMP(0)+": room again on d0") || !strings.Contains(stdout, "failed   "+missing) {
+	if code != 1 || !strings.Contains(stdout, "resumed    "+vm.QMP(0)+": room again on d0") || !strings.Contains(stdout, "failed     "+missing) {
 		t.Fatalf("after the growth, with a monitor that is not there: exit %d\n%s%s", code, stdout, stderr)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -7,8 +7,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/lvwatch/lvwatch/internal/resume"
 )
 
 // metrics are the agent's Prometheus metrics, on a registry of its own.
@@ -65,12 +63,12 @@ func (m *metrics) observe(ph Phases) {
 
 func (m *metrics) failed(step string) { m.extensions.WithLabelValues(step).Inc() }
 
-// resumed counts a VM resumed, timed from live, when its LV's new table went
-// live (the zero time for a VM resumed on the agent's first look at it).
-func (m *metrics) resumed(o resume.Outcome, live time.Time) {
+// resumed counts a VM resumed, and times it from its LV's new table going live
+// when timed (not for a VM resumed on a look that grew nothing).
+func (m *metrics) resumed(took time.Duration, timed bool) {
 	m.resumes.WithLabelValues("resumed").Inc()
-	if !live.IsZero() {
-		m.resumeTime.Observe(o.At.Sub(live).Seconds())
+	if timed {
+		m.resumeTime.Observe(took.Seconds())
 	}
 }
 

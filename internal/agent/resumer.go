@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -101,14 +102,16 @@ const (
 // follow looks at the VMs of a disk as soon as a write fails on it for want of
 // space, as w tells: a write the watermark missed (it jumped past the
 // threshold, or the agent was down) leaves an armed LV that a VM ran out of,
-// and the look extends it at once.
+// and the look extends it at once. A failure to watch is logged once at warning
+// level while it repeats.
 func (r *resumer) follow(ctx context.Context, w resume.PauseWatcher) {
 	retry := backoff.New(minRewatch, maxRewatch)
+	var lastErr string
 	for {
 		start := time.Now()
 		err := w.WatchPauses(ctx, func(path string) {
 			if dev, err := watch.DevOf(path); err == nil {
-				r.log.Info().Stringer("source", w).Str("disk", path).Msg("a VM's write failed for want of space")
+				r.log.Debug().Stringer("source", w).Str("disk", path).Msg("a VM's write failed for want of space")
 				r.check(dev, time.Time{})
 			}
 		})
@@ -117,10 +120,16 @@ func (r *resumer) follow(ctx context.Context, w resume.PauseWatcher) {
 		}
 		if time.Since(start) > maxRewatch {
 			retry.Reset() // it ran a while: a new break, not the same one
+			lastErr = ""
 		}
-		if !errors.Is(err, resume.ErrNoManager) {
+		switch {
+		case errors.Is(err, resume.ErrNoManager):
+		case err.Error() != lastErr:
 			r.log.Warn().Err(err).Stringer("source", w).Msg("VM pause events lost; watching again")
+		default:
+			r.log.Debug().Err(err).Stringer("source", w).Msg("VM pause events still lost")
 		}
+		lastErr = err.Error()
 		select {
 		case <-ctx.Done():
 			return
@@ -131,30 +140,22 @@ func (r *resumer) follow(ctx context.Context, w resume.PauseWatcher) {
 
 // look runs one pass over the VMs using the due devices.
 func (r *resumer) look(ctx context.Context, due map[watch.Dev]time.Time) {
-	devs := make([]watch.Dev, 0, len(due))
-	var live time.Time
-	for dev, t := range due {
-		devs = append(devs, dev)
-		if !t.IsZero() && (live.IsZero() || t.Before(live)) {
-			live = t
-		}
-	}
-	outcomes := resume.Run(ctx, r.sources, devs, r.a.hasRoom, r.log)
+	start := time.Now()
+	devs := slices.Collect(maps.Keys(due))
+	outcomes := resume.Run(ctx, r.sources, devs, r.a.roomFor(due), r.log)
 	var waiting []resume.Outcome
+	r.mu.Lock()
 	for _, o := range outcomes {
+		if len(o.Full) > 0 && !slices.ContainsFunc(r.waiting, func(old resume.Outcome) bool { return sameVM(old, o) }) {
+			r.a.metrics.pauses.Inc() // first seen paused for want of space
+		}
 		switch {
 		case o.Action == resume.Resumed:
-			r.a.metrics.resumed(o, live)
-		case o.Action == resume.Failed:
+			r.a.metrics.resumed(o.At.Sub(grownAt(o, due)), !grownAt(o, due).IsZero())
+		case o.Action == resume.Failed && o.VM != "":
 			r.a.metrics.resumeFailed()
 		case o.Pending():
 			waiting = append(waiting, o)
-		}
-	}
-	r.mu.Lock()
-	for _, o := range waiting {
-		if !slices.ContainsFunc(r.waiting, func(old resume.Outcome) bool { return sameVM(old, o) }) {
-			r.a.metrics.pauses.Inc()
 		}
 	}
 	r.waiting = slices.DeleteFunc(r.waiting, func(old resume.Outcome) bool { return stale(old, outcomes) })
@@ -162,17 +163,29 @@ func (r *resumer) look(ctx context.Context, due map[watch.Dev]time.Time) {
 	r.mu.Unlock()
 	for _, o := range waiting {
 		for _, d := range o.Waiting {
-			r.a.urgent(d.Dev, o.VM)
+			r.a.urgent(d.Dev, o.VM, start)
 		}
 	}
+}
+
+// grownAt is when the first new table of a resumed VM's drives went live, or
+// the zero time when none of them was just grown.
+func grownAt(o resume.Outcome, due map[watch.Dev]time.Time) time.Time {
+	var first time.Time
+	for _, d := range o.Full {
+		if t := due[d.Dev]; !t.IsZero() && (first.IsZero() || t.Before(first)) {
+			first = t
+		}
+	}
+	return first
 }
 
 func sameVM(x, y resume.Outcome) bool { return x.VM == y.VM && x.Source == y.Source }
 
 // stale reports whether a pass's outcomes replace what an earlier pass said of
-// a VM waiting for space: the pass looked at the VM for one of its devices, or
-// the VM's source listed its VMs without it (gone). A VM or a source that could
-// not be asked keeps what was said of it.
+// a VM waiting for space: the pass looked at the VM (it runs now, or it uses one
+// of the devices looked at), or the VM's source listed its VMs without it
+// (gone). A VM or a source that could not be asked keeps what was said of it.
 func stale(old resume.Outcome, outcomes []resume.Outcome) bool {
 	for _, o := range outcomes {
 		switch {
@@ -185,24 +198,43 @@ func stale(old resume.Outcome, outcomes []resume.Outcome) bool {
 	return true
 }
 
-// hasRoom is the agent's word on a device: a watched LV, armed (no write past
-// its threshold, so room left before its end).
-func (a *Agent) hasRoom(dev watch.Dev) bool {
-	a.mu.Lock()
-	v := a.vols[dev]
-	a.mu.Unlock()
-	return v != nil && v.status().State == StateArmed
+// roomFor is the agent's word on a drive that ran out of space, for a look at
+// the due devices: it is on a watched LV that has room (armed: no write past
+// its threshold; or at its maximum, when the size check allows), and either
+// its LV was just grown or QEMU's highest write on it is known (a VM that
+// paused right after QEMU opened the image says nothing of where it writes).
+func (a *Agent) roomFor(due map[watch.Dev]time.Time) resume.Room {
+	return func(d resume.Drive) bool {
+		a.mu.Lock()
+		v := a.vols[d.Dev]
+		a.mu.Unlock()
+		if v == nil {
+			return false
+		}
+		if state := v.status().State; state != StateArmed && state != StateAtMaximum {
+			return false
+		}
+		return !due[d.Dev].IsZero() || d.Highest != 0
+	}
 }
 
-// urgent extends the armed LV a VM ran out of space on, at once.
-func (a *Agent) urgent(dev watch.Dev, vm string) {
+// urgent extends the armed LV a VM ran out of space on, at once, unless the
+// volume's state changed since the look began (an extension ended meanwhile:
+// the VMs are looked at again instead).
+func (a *Agent) urgent(dev watch.Dev, vm string, lookStart time.Time) {
 	a.mu.Lock()
 	v := a.vols[dev]
 	a.mu.Unlock()
-	if v == nil || v.status().State != StateArmed {
-		return // not ours, or its extension is under way (its end looks again) or impossible
+	if v == nil {
+		return
 	}
-	v.log.Warn().Str("vm", vm).Msg("a VM ran out of space on this LV before its threshold said so: extending it now")
-	v.urgent.Store(true)
-	v.kick(time.Now())
+	switch st := v.status(); {
+	case st.Since.After(lookStart):
+		a.resumer.check(dev, time.Time{})
+	case st.State == StateArmed:
+		v.log.Warn().Str("vm", vm).Msg("a VM ran out of space on this LV before its threshold said so: extending it now")
+		v.urgent.Store(true)
+		v.kick(time.Now())
+	}
+	// Otherwise its extension is under way (its end looks again) or impossible.
 }

@@ -202,6 +202,7 @@ func (v *volume) step(ctx context.Context, crossed time.Time) (again bool, err e
 		return false, fmt.Errorf("size of %s: %w", v.path, err)
 	}
 	v.updateMax()
+	prev := v.status().Size
 	v.set(func(st *VolumeStatus) { st.Size = sz })
 	past, err := v.arm(sz)
 	if err != nil {
@@ -211,6 +212,12 @@ func (v *volume) step(ctx context.Context, crossed time.Time) (again bool, err e
 		past = true
 	}
 	if !past {
+		if prev != 0 && sz > prev {
+			// Grown other than by an extension of this loop that ended well (by
+			// hand, or by one whose check failed after its refresh): a VM may
+			// wait for it.
+			v.a.resumer.check(v.dev, time.Now())
+		}
 		return false, nil
 	}
 	return v.extend(ctx, sz, crossed)
@@ -330,6 +337,9 @@ func (v *volume) request(ctx context.Context, want uint64) (waited bool, err err
 		case err == nil:
 			return waited, fmt.Errorf("the SPM granted %d MiB, less than the %d MiB asked", granted, want>>20)
 		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+			if !waited {
+				v.a.resumer.check(v.dev, time.Time{}) // its VMs may be paused already: status shows them
+			}
 			waited = true
 			v.state(StateWaiting, fmt.Errorf("no answer from the SPM for %s to %s (away, or the VG is full)", v.lv, size.Format(want)))
 		default:

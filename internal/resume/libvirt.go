@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"time"
 
 	"github.com/digitalocean/go-libvirt"
 
@@ -38,40 +39,60 @@ type Libvirt struct {
 
 func (l Libvirt) String() string { return "libvirt " + cmp.Or(l.URI, "(this host's)") }
 
+// libvirtTimeout bounds one visit of libvirt's VMs: go-libvirt's calls take no
+// context, so the connection is closed under a call that libvirtd does not
+// answer (a domain job held by a backup, a hung daemon).
+const libvirtTimeout = 30 * time.Second
+
 // Visit connects to libvirt once for all its running VMs.
 func (l Libvirt) Visit(ctx context.Context, fn func(Machine)) error {
-	uri := cmp.Or(l.URI, localLibvirt())
-	if uri == "" {
-		return nil
-	}
-	u, err := url.Parse(uri)
-	if err != nil {
-		return fmt.Errorf("libvirt URI %q: %w", uri, err)
-	}
-	conn, err := libvirt.ConnectToURI(u)
-	if err != nil {
-		return fmt.Errorf("libvirt %s: %w", uri, err)
+	conn, uri, err := l.dial()
+	if err != nil || conn == nil {
+		return err
 	}
 	defer conn.Disconnect()
+	ctx, cancel := context.WithTimeout(ctx, libvirtTimeout)
+	defer cancel()
+	defer context.AfterFunc(ctx, func() { conn.Disconnect() })()
 	doms, _, err := conn.ConnectListAllDomains(1, libvirt.ConnectListDomainsActive)
 	if err != nil {
 		return fmt.Errorf("libvirt %s: list the domains: %w", uri, err)
 	}
 	for _, d := range doms {
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return fmt.Errorf("libvirt %s: %w", uri, ctx.Err())
 		}
-		fn(&libvirtMachine{conn: conn, dom: d})
+		fn(&libvirtMachine{conn: conn, dom: d, named: l.URI != ""})
 	}
 	return nil
 }
 
+// dial connects to libvirt: nil and no error when the source is this host's
+// libvirt and none runs.
+func (l Libvirt) dial() (*libvirt.Libvirt, string, error) {
+	uri := cmp.Or(l.URI, localLibvirt())
+	if uri == "" {
+		return nil, "", nil
+	}
+	u, err := url.Parse(uri)
+	if err != nil {
+		return nil, uri, fmt.Errorf("libvirt URI %q: %w", uri, err)
+	}
+	conn, err := libvirt.ConnectToURI(u)
+	if err != nil {
+		return nil, uri, fmt.Errorf("libvirt %s: %w", uri, err)
+	}
+	return conn, uri, nil
+}
+
 type libvirtMachine struct {
-	conn *libvirt.Libvirt
-	dom  libvirt.Domain
+	conn  *libvirt.Libvirt
+	dom   libvirt.Domain
+	named bool
 }
 
 func (m *libvirtMachine) Name() string { return m.dom.Name }
+func (m *libvirtMachine) Named() bool  { return m.named }
 
 // domainXML is the part of a domain's XML that says where its disks are.
 type domainXML struct {
@@ -94,6 +115,9 @@ func (m *libvirtMachine) State(ctx context.Context) (State, error) {
 	}
 	st := State{Status: libvirtStatus(libvirt.DomainState(state), reason)}
 	st.IOErrorPause = libvirt.DomainState(state) == libvirt.DomainPaused && libvirt.DomainPausedReason(reason) == libvirt.DomainPausedIoerror
+	if !st.IOErrorPause {
+		return st, nil // the one question a running VM costs
+	}
 	desc, err := m.conn.DomainGetXMLDesc(m.dom, 0)
 	if err != nil {
 		return State{}, fmt.Errorf("domain XML: %w", err)
@@ -102,22 +126,34 @@ func (m *libvirtMachine) State(ctx context.Context) (State, error) {
 	if err := xml.Unmarshal([]byte(desc), &x); err != nil {
 		return State{}, fmt.Errorf("domain XML: %w", err)
 	}
-	full, err := m.noSpaceDisks(st.IOErrorPause)
-	if err != nil {
+	disk, code, err := m.diskError()
+	switch {
+	case errors.Is(err, errManyDiskErrors):
+		st.Unknown = err.Error()
+	case err != nil:
 		return State{}, err
 	}
-	for _, disk := range x.Disks {
-		d := Drive{Name: disk.Target.Dev, Path: disk.Source.Dev, NoSpace: full[disk.Target.Dev]}
-		if disk.Type != "block" {
-			d.Path = disk.Source.File // a file, or a network disk with neither
+	for _, xd := range x.Disks {
+		d := Drive{Name: xd.Target.Dev, Path: xd.Source.Dev}
+		if d.Name == disk {
+			d.NoSpace, d.OtherError = code == libvirt.DomainDiskErrorNoSpace, code != libvirt.DomainDiskErrorNoSpace
+		}
+		if xd.Type != "block" {
+			d.Path = xd.Source.File // a file, or a network disk with neither
 		}
 		if d.Path == "" {
 			st.Drives = append(st.Drives, d)
 			continue
 		}
 		d.Dev, _ = watch.DevOf(d.Path) // a file stays zero
-		if alloc, _, _, err := m.conn.DomainGetBlockInfo(m.dom, d.Name, 0); err == nil {
-			d.Highest = alloc // a running VM's qcow2 on a device: QEMU's highest write
+		if !d.NoSpace {
+			st.Drives = append(st.Drives, d)
+			continue
+		}
+		// A qcow2 on a device: QEMU's highest write, or the device's size
+		// (physical) when libvirt does not know it.
+		if alloc, _, physical, err := m.conn.DomainGetBlockInfo(m.dom, d.Name, 0); err == nil && alloc != physical {
+			d.Highest = alloc
 		}
 		st.Drives = append(st.Drives, d)
 	}
@@ -128,25 +164,28 @@ func (m *libvirtMachine) State(ctx context.Context) (State, error) {
 // (the field is unexported, and the decoder skips it without reading its
 // bytes), so only a one-entry answer decodes, and it decodes with the code in
 // place of the count. A VM with several disks in error is left to its operator.
-var errManyDiskErrors = errors.New("more than one disk in error: lvwatch cannot tell through libvirt which ran out of space")
+var errManyDiskErrors = errors.New("more than one disk in error: which ran out of space cannot be told through libvirt here; resume it by hand once they have room")
 
-// noSpaceDisks are the disks whose last error is ENOSPC (virsh domblkerror).
-func (m *libvirtMachine) noSpaceDisks(paused bool) (map[string]bool, error) {
-	if !paused {
-		return nil, nil
-	}
+// diskError is the one disk in error and its error (virsh domblkerror), or ""
+// when none is.
+func (m *libvirtMachine) diskError() (string, libvirt.DomainDiskErrorCode, error) {
 	_, n, err := m.conn.DomainGetDiskErrors(m.dom, 0, 0) // the count alone decodes right
-	if err != nil || n == 0 {
-		return nil, err
+	switch {
+	case err != nil:
+		return "", 0, fmt.Errorf("disk errors: %w", err)
+	case n == 0:
+		return "", 0, nil
+	case n > 1:
+		return "", 0, errManyDiskErrors
 	}
-	if n > 1 {
-		return nil, errManyDiskErrors
+	errs, code, err := m.conn.DomainGetDiskErrors(m.dom, 1, 0) // code in the count's place: see errManyDiskErrors
+	if err != nil {
+		return "", 0, fmt.Errorf("disk errors: %w", err)
 	}
-	errs, code, err := m.conn.DomainGetDiskErrors(m.dom, 1, 0)
-	if err != nil || len(errs) != 1 {
-		return nil, err
+	if len(errs) != 1 {
+		return "", 0, nil // cleared meanwhile
 	}
-	return map[string]bool{errs[0].Disk: libvirt.DomainDiskErrorCode(code) == libvirt.DomainDiskErrorNoSpace}, nil
+	return errs[0].Disk, libvirt.DomainDiskErrorCode(code), nil
 }
 
 func (m *libvirtMachine) Resume(ctx context.Context) error {
@@ -158,17 +197,12 @@ func (m *libvirtMachine) Resume(ctx context.Context) error {
 // "enospc"), until ctx ends or the connection breaks (the error says why). With
 // no libvirt on this host it returns ErrNoManager.
 func (l Libvirt) WatchPauses(ctx context.Context, fn func(path string)) error {
-	uri := cmp.Or(l.URI, localLibvirt())
-	if uri == "" {
+	conn, uri, err := l.dial()
+	if err != nil {
+		return err
+	}
+	if conn == nil {
 		return ErrNoManager
-	}
-	u, err := url.Parse(uri)
-	if err != nil {
-		return fmt.Errorf("libvirt URI %q: %w", uri, err)
-	}
-	conn, err := libvirt.ConnectToURI(u)
-	if err != nil {
-		return fmt.Errorf("libvirt %s: %w", uri, err)
 	}
 	defer conn.Disconnect()
 	events, err := conn.SubscribeEvents(ctx, libvirt.DomainEventIDIoErrorReason, libvirt.OptDomain{})

@@ -141,7 +141,7 @@ func TestResumeThroughLibvirt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	grown := func(d watch.Dev) bool { return d == dev }
+	grown := func(d resume.Drive) bool { return d.Dev == dev }
 	only := func(out []resume.Outcome) resume.Outcome {
 		t.Helper()
 		if len(out) != 1 || out[0].VM != name {

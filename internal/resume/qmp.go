@@ -42,7 +42,7 @@ func (q QMP) Visit(ctx context.Context, fn func(Machine)) error {
 			}
 		}
 		for _, path := range paths {
-			m := &qmpMachine{path: path}
+			m := &qmpMachine{path: path, named: named}
 			mctx, cancel := context.WithTimeout(ctx, monitorTimeout)
 			m.conn, m.err = qmp.Dial(mctx, path)
 			cancel()
@@ -64,12 +64,14 @@ func gone(err error) bool {
 }
 
 type qmpMachine struct {
-	path string
-	conn *qmp.Conn
-	err  error
+	path  string
+	named bool
+	conn  *qmp.Conn
+	err   error
 }
 
 func (m *qmpMachine) Name() string { return m.path }
+func (m *qmpMachine) Named() bool  { return m.named }
 
 func (m *qmpMachine) State(ctx context.Context) (State, error) {
 	if m.err != nil {
@@ -81,6 +83,10 @@ func (m *qmpMachine) State(ctx context.Context) (State, error) {
 	if err != nil {
 		return State{}, err
 	}
+	st := State{Status: status.Status, IOErrorPause: status.Status == qmp.StatusIOError}
+	if !st.IOErrorPause {
+		return st, nil // the one question a running VM costs
+	}
 	blocks, err := m.conn.QueryBlock(ctx)
 	if err != nil {
 		return State{}, err
@@ -89,12 +95,12 @@ func (m *qmpMachine) State(ctx context.Context) (State, error) {
 	if err != nil {
 		return State{}, err
 	}
-	st := State{Status: status.Status, IOErrorPause: status.Status == "io-error"}
 	for _, b := range blocks {
 		if b.Inserted == nil {
 			continue // an empty drive (a CD-ROM with no medium)
 		}
-		d := Drive{Name: driveName(b), Path: hostPath(b.Inserted.File), NoSpace: b.IOStatus == "nospace"}
+		d := Drive{Name: driveName(b), Path: hostPath(b.Inserted.File),
+			NoSpace: b.IOStatus == qmp.IOStatusNoSpace, OtherError: b.IOStatus == qmp.IOStatusFailed}
 		d.Dev, _ = watch.DevOf(d.Path) // a file or a network disk stays zero
 		d.Highest = highestWrite(stats, b)
 		st.Drives = append(st.Drives, d)
@@ -105,7 +111,7 @@ func (m *qmpMachine) State(ctx context.Context) (State, error) {
 func (m *qmpMachine) Resume(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, monitorTimeout)
 	defer cancel()
-	// cont restarts the VM before it returns, retrying the failed writes first.
+	// cont returns once the VM runs; QEMU retries the failed writes then.
 	return m.conn.Cont(ctx)
 }
 
@@ -117,16 +123,19 @@ func driveName(b qmp.Block) string {
 }
 
 // highestWrite is the end of the highest write to the drive's host file or
-// device: the protocol node under its format node, where there is one.
+// device: that of the bottom node of its chain of parents (a filter, such as
+// Proxmox's throttle node, then the format node, then the file or device),
+// whose offsets are the device's.
 func highestWrite(stats []qmp.Blockstats, b qmp.Block) uint64 {
 	for _, s := range stats {
 		if (b.Device == "" || s.Device != b.Device) && (b.QDev == "" || s.QDev != b.QDev) {
 			continue
 		}
-		if s.Parent != nil {
-			return s.Parent.Stats.WrHighestOffset
+		node := &s
+		for node.Parent != nil {
+			node = node.Parent
 		}
-		return s.Stats.WrHighestOffset
+		return node.Stats.WrHighestOffset
 	}
 	return 0
 }

@@ -33,9 +33,12 @@ type State struct {
 	Status string
 	// IOErrorPause is true when the VM was paused by QEMU on an I/O error (QMP
 	// status io-error, libvirt paused with reason I/O error): the only pause
-	// lvwatch undoes.
+	// lvwatch undoes. Drives are only asked for then.
 	IOErrorPause bool
-	Drives       []Drive
+	// Unknown says why lvwatch cannot tell which drives ran out of space, when
+	// it cannot: such a VM is left to its operator.
+	Unknown string
+	Drives  []Drive
 }
 
 // Drive is one disk of a VM.
@@ -44,8 +47,9 @@ type Drive struct {
 	Path string `json:"path"`  // the host file or device of its top image
 	// Dev is the device number of Path, or the zero Dev when Path is not a block
 	// device (a file, a network disk): lvwatch cannot give such a drive room.
-	Dev     watch.Dev `json:"-"`
-	NoSpace bool      `json:"-"` // its last write failed for want of space
+	Dev        watch.Dev `json:"-"`
+	NoSpace    bool      `json:"-"` // its last write failed for want of space
+	OtherError bool      `json:"-"` // its last request failed otherwise (EIO): not lvwatch's to retry
 	// Highest is the end of the highest write QEMU made to Path since it opened
 	// it (the allocation vdsm reads), or 0 when unknown.
 	Highest uint64 `json:"-"`
@@ -54,6 +58,9 @@ type Drive struct {
 // Machine is one VM, reached for the length of a Source's Visit.
 type Machine interface {
 	Name() string
+	// Named reports whether the user named this VM or its manager (a socket
+	// path, a libvirt URI) rather than lvwatch finding it.
+	Named() bool
 	State(ctx context.Context) (State, error)
 	// Resume continues the VM and returns when its manager says it runs again.
 	Resume(ctx context.Context) error
@@ -84,27 +91,30 @@ type Action string
 const (
 	Resumed    Action = "resumed"
 	Left       Action = "left"       // not lvwatch's to resume, or not yet
-	Unaffected Action = "unaffected" // uses none of the devices
+	Unaffected Action = "unaffected" // paused on ENOSPC, on none of the devices
 	Failed     Action = "failed"
 )
 
-// Outcome is one VM Run looked at.
+// Outcome is one VM Run looked at, or a source it could not list (VM "").
 type Outcome struct {
 	Source  string    `json:"source"`
-	VM      string    `json:"vm"`
+	VM      string    `json:"vm,omitempty"`
 	Action  Action    `json:"action"`
 	Why     string    `json:"why"`
-	Waiting []Drive   `json:"waiting_for,omitempty"` // its drives still out of space
-	At      time.Time `json:"at,omitempty"`          // for Resumed: when its manager said it runs again
+	Paused  bool      `json:"paused_on_io_error"`
+	Full    []Drive   `json:"out_of_space,omitempty"` // its drives that ran out of space
+	Waiting []Drive   `json:"waiting_for,omitempty"`  // those of them still without room
+	At      time.Time `json:"at,omitzero"`            // for Resumed: when its manager said it runs again
+	Named   bool      `json:"-"`                      // the user named the VM or its source
 	Err     error     `json:"-"`
 }
 
 // Pending reports whether the VM stays paused for want of space lvwatch may yet give.
 func (o Outcome) Pending() bool { return o.Action == Left && len(o.Waiting) > 0 }
 
-// Room tells whether a device has been given room (an LV just extended, or named
-// by an operator who grew it).
-type Room func(watch.Dev) bool
+// Room tells whether a drive that ran out of space has been given room on its
+// device (an LV just extended, or named by an operator who grew it).
+type Room func(Drive) bool
 
 // Run visits the VMs of every source and resumes those paused on ENOSPC that use
 // one of devs and whose every drive that ran out of space has room now. It has
@@ -120,60 +130,68 @@ func Run(ctx context.Context, sources []Source, devs []watch.Dev, room Room, log
 		})
 		if err != nil {
 			log.Warn().Err(err).Stringer("source", src).Msg("cannot list the VMs")
-			out = append(out, Outcome{Source: src.String(), Action: Failed, Why: err.Error(), Err: err})
+			out = append(out, Outcome{Source: src.String(), Action: Failed, Why: err.Error(), Named: true, Err: err})
 		}
 	}
 	return out
 }
 
 func visit(ctx context.Context, m Machine, devs []watch.Dev, room Room) Outcome {
-	o := Outcome{VM: m.Name()}
+	o := Outcome{VM: m.Name(), Named: m.Named()}
 	st, err := m.State(ctx)
 	if err != nil {
 		o.Action, o.Why, o.Err = Failed, err.Error(), err
 		return o
 	}
-	o.Action, o.Why, o.Waiting = Decide(st, devs, room, blockdev.Size)
+	o.Paused = st.IOErrorPause
+	o.Action, o.Why, o.Full, o.Waiting = Decide(st, devs, room, blockdev.Size)
 	if o.Action != Resumed {
 		return o
 	}
 	if err := m.Resume(ctx); err != nil {
 		o.Action, o.Why, o.Err = Failed, "resume: "+err.Error(), err
+		return o
 	}
 	o.At = time.Now()
 	return o
 }
 
 // Decide is Run's rule for one VM: Resumed when it is to be resumed, Left with
-// the reason otherwise, and the drives it still waits for. sizeOf reads a
-// device's size.
-func Decide(st State, devs []watch.Dev, room Room, sizeOf func(string) (uint64, error)) (Action, string, []Drive) {
-	uses := slices.ContainsFunc(st.Drives, func(d Drive) bool { return d.Dev != (watch.Dev{}) && slices.Contains(devs, d.Dev) })
-	if !uses {
-		return Unaffected, "uses none of the devices", nil
-	}
+// the reason otherwise; the drives that ran out of space, and those of them
+// still without room. sizeOf reads a device's size.
+func Decide(st State, devs []watch.Dev, room Room, sizeOf func(string) (uint64, error)) (_ Action, why string, full, waiting []Drive) {
 	if !st.IOErrorPause {
-		return Left, "not paused on an I/O error (status " + st.Status + ")", nil
+		return Left, "not paused on an I/O error (status " + st.Status + ")", nil, nil
 	}
-	var full, whys []string
-	var waiting []Drive
+	if !slices.ContainsFunc(st.Drives, func(d Drive) bool { return d.Dev != (watch.Dev{}) && slices.Contains(devs, d.Dev) }) {
+		return Unaffected, "uses none of the devices", nil, nil
+	}
+	if st.Unknown != "" {
+		return Left, st.Unknown, nil, nil
+	}
+	var failed, names, whys []string
 	for _, d := range st.Drives {
-		if !d.NoSpace {
-			continue
-		}
-		full = append(full, d.Name)
-		if why := noRoom(d, room, sizeOf); why != "" {
-			waiting = append(waiting, d)
-			whys = append(whys, fmt.Sprintf("%s on %s (%s)", d.Name, d.Path, why))
+		switch {
+		case d.OtherError:
+			failed = append(failed, d.Name)
+		case d.NoSpace:
+			full = append(full, d)
+			names = append(names, d.Name)
+			if why := noRoom(d, room, sizeOf); why != "" {
+				waiting = append(waiting, d)
+				whys = append(whys, fmt.Sprintf("%s on %s (%s)", d.Name, d.Path, why))
+			}
 		}
 	}
 	switch {
+	case len(failed) > 0:
+		return Left, "paused on another I/O error too, on " + strings.Join(failed, ", "), full, nil
 	case len(full) == 0:
-		return Left, "paused on an I/O error that is not for want of space", nil
+		return Left, "paused on an I/O error that is not for want of space", nil, nil
 	case len(waiting) > 0:
-		return Left, "still out of space: " + strings.Join(whys, ", "), waiting
+		return Left, "still out of space: " + strings.Join(whys, ", "), full, waiting
 	}
-	return Resumed, "room again on " + strings.Join(full, ", "), nil
+	return Resumed, "room again on " + strings.Join(names, ", "), full, nil
 }
 
 // noRoom says why a drive that ran out of space has no room yet, or "" if it has.
@@ -181,7 +199,7 @@ func noRoom(d Drive, room Room, sizeOf func(string) (uint64, error)) string {
 	if d.Dev == (watch.Dev{}) {
 		return "not on a block device"
 	}
-	if !room(d.Dev) {
+	if !room(d) {
 		return "not grown"
 	}
 	if d.Highest == 0 {
@@ -199,15 +217,16 @@ func noRoom(d Drive, room Room, sizeOf func(string) (uint64, error)) string {
 
 func logOutcome(log zerolog.Logger, o Outcome) {
 	var ev *zerolog.Event
+	var msg string
 	switch {
 	case o.Action == Resumed:
-		ev = log.Info()
+		ev, msg = log.Info(), "VM resumed"
 	case o.Action == Failed:
-		ev = log.Warn().Err(o.Err)
-	case o.Pending():
-		ev = log.Info()
+		ev, msg = log.Warn().Err(o.Err), "VM not reached or not resumed"
+	case o.Action == Left && o.Paused:
+		ev, msg = log.Info(), "VM paused on an I/O error left as it is"
 	default:
-		ev = log.Debug()
+		ev, msg = log.Debug(), "VM left as it is"
 	}
-	ev.Str("source", o.Source).Str("vm", o.VM).Str("action", string(o.Action)).Str("why", o.Why).Msg("VM")
+	ev.Str("source", o.Source).Str("vm", o.VM).Str("action", string(o.Action)).Str("why", o.Why).Msg(msg)
 }

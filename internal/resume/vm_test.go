@@ -2,6 +2,7 @@ package resume_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -57,14 +58,7 @@ func waitStatus(t testing.TB, vm *testvm.VM, want string) {
 func resumeOn(t testing.TB, vm *testvm.VM, devs ...watch.Dev) resume.Outcome {
 	t.Helper()
 	src := resume.QMP{Patterns: []string{vm.QMP(0)}}
-	grown := func(d watch.Dev) bool {
-		for _, g := range devs {
-			if g == d {
-				return true
-			}
-		}
-		return false
-	}
+	grown := func(d resume.Drive) bool { return slices.Contains(devs, d.Dev) }
 	out := resume.Run(context.Background(), []resume.Source{src}, devs, grown, zerolog.Nop())
 	if len(out) != 1 {
 		t.Fatalf("outcomes: %+v", out)
@@ -166,7 +160,7 @@ func TestResumeTwoVMsOnOneDevice(t *testing.T) {
 	disk.Grow(t, 160<<20) // the image's metadata and all its clusters
 	dev := devno(t, disk)
 	out := resume.Run(t.Context(), []resume.Source{resume.QMP{Patterns: sockets}}, []watch.Dev{dev},
-		func(d watch.Dev) bool { return d == dev }, zerolog.Nop())
+		func(d resume.Drive) bool { return d.Dev == dev }, zerolog.Nop())
 	if len(out) != 2 || out[0].Action != resume.Resumed || out[1].Action != resume.Resumed {
 		t.Fatalf("outcomes: %+v", out)
 	}
