@@ -116,8 +116,12 @@ func TestWatchCommand(t *testing.T) {
 	}
 	defer cmd.Process.Kill()
 	logs := bufio.NewScanner(stderr)
-	if !logs.Scan() || !strings.Contains(logs.Text(), `"message":"armed"`) {
-		t.Fatalf("first log line %q, want the armed message", logs.Text())
+	var seen []string // the probe attached, then the armed message
+	for len(seen) < 3 && logs.Scan() && !strings.Contains(logs.Text(), `"message":"armed"`) {
+		seen = append(seen, logs.Text())
+	}
+	if !strings.Contains(logs.Text(), `"message":"armed"`) {
+		t.Fatalf("no armed message in the first log lines:\n%s", strings.Join(append(seen, logs.Text()), "\n"))
 	}
 	go func() { // keep stderr drained
 		for logs.Scan() {
