@@ -49,7 +49,7 @@ test: deps ## Run all tests: unit, privileged (root) and the device-mapper tests
 
 .PHONY: vmtest
 vmtest: deps ## Run the device-mapper tests in a QEMU guest (directly when the host has device-mapper)
-	$(GO) run ./tools/vmtest
+	$(GO) run ./tools/vmtest -timeout 15m
 
 .PHONY: scenarios
 scenarios: deps ## Run the end-to-end scenarios in the QEMU guest (tools/scenarios: real qemu-img, LVM2, dm, BPF; a "# vmtest: FLAGS" line adds vmtest flags)
