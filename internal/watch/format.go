@@ -8,8 +8,25 @@ import (
 	"strings"
 )
 
+// tracepointDir is block_bio_queue's directory in tracefs.
+var tracepointDir = filepath.Join(tracefsPath, "events/block/block_bio_queue")
+
 // tracepointFormat is the tracefs file that describes block_bio_queue's record.
-var tracepointFormat = filepath.Join(tracefsPath, "events/block/block_bio_queue/format")
+var tracepointFormat = filepath.Join(tracepointDir, "format")
+
+// tracepointID reads block_bio_queue's id, for a perf event on it.
+func tracepointID() (uint64, error) {
+	path := filepath.Join(tracepointDir, "id")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("read the tracepoint's id: %w", err)
+	}
+	id, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return id, nil
+}
 
 // field is one field of a tracepoint record, as tracefs describes it.
 type field struct {

@@ -7,12 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/rs/zerolog"
@@ -42,32 +40,6 @@ type Options struct {
 	// Probe forces one way of attaching; by default (ProbeAuto) the BTF raw
 	// tracepoint where the kernel has BTF, else the classic tracepoint.
 	Probe Probe
-}
-
-// Probe is how the program meets block:block_bio_queue. Both ways see the same
-// bios and raise the same events.
-type Probe string
-
-const (
-	// ProbeAuto picks ProbeBTF, or ProbeTracepoint where BTF is missing or the
-	// BTF program cannot load or attach (logged with the reason).
-	ProbeAuto Probe = ""
-	// ProbeBTF is a BTF raw tracepoint (tp_btf) reading the bio itself by
-	// CO-RE: the kernel fills no trace record for it, and the tracepoint's perf
-	// users are untouched.
-	ProbeBTF Probe = "tp_btf"
-	// ProbeTracepoint is the classic tracepoint, reading the record the kernel
-	// fills for it (perf_trace_block_bio, blk_fill_rwbs): every bio on the host
-	// pays for that record, about twice the BTF probe's cost.
-	ProbeTracepoint Probe = "tracepoint"
-)
-
-// program is the BPF program of each probe, in bpf/lvwatch.c.
-func (p Probe) program() string {
-	if p == ProbeBTF {
-		return bpfProgLvwBioBtf
-	}
-	return bpfProgLvwBioQueue
 }
 
 // Event is one threshold crossing.
@@ -189,28 +161,6 @@ func Open(opts Options) (_ *Watcher, err error) {
 // Probe reports how the watcher's program is attached.
 func (w *Watcher) Probe() Probe { return w.probe }
 
-// attachProbe loads and attaches the program of the probe asked for; for
-// ProbeAuto, the BTF one unless the kernel has no BTF or it fails, then the
-// classic one, saying why.
-func (w *Watcher) attachProbe(spec *ebpf.CollectionSpec, probe Probe) error {
-	if probe != ProbeAuto {
-		return w.attach(spec, probe)
-	}
-	if _, err := btf.LoadKernelSpec(); err != nil {
-		w.log.Info().Err(err).Msg("the kernel has no BTF: watching with the classic tracepoint")
-		return w.attach(spec, ProbeTracepoint)
-	}
-	btfErr := w.attach(spec, ProbeBTF)
-	if btfErr == nil {
-		return nil
-	}
-	w.log.Warn().Err(btfErr).Msg("cannot watch with the BTF raw tracepoint: falling back to the classic tracepoint, which costs every bio on the host about twice as much")
-	if err := w.attach(spec, ProbeTracepoint); err != nil {
-		return errors.Join(btfErr, err)
-	}
-	return nil
-}
-
 func (w *Watcher) lockPinDir() error {
 	if err := os.MkdirAll(w.pinDir, 0o700); err != nil {
 		return fmt.Errorf("create pin directory: %w", err)
@@ -228,75 +178,6 @@ func (w *Watcher) lockPinDir() error {
 	}
 	w.lock = f
 	return nil
-}
-
-// attach loads probe's program on the watcher's maps, attaches it and moves the
-// link pin to it. The old link, if any, is detached only once the new one is
-// attached: for that instant both run (bios on watched devices count twice),
-// and the disarm in lvw_armed keeps it at one event per crossing.
-func (w *Watcher) attach(spec *ebpf.CollectionSpec, probe Probe) error {
-	if probe == ProbeTracepoint {
-		if err := checkTracepointFormat(); err != nil {
-			return err
-		}
-	}
-	prog, err := loadProgram(spec, probe.program(), w.objs.byName())
-	if err != nil {
-		return err
-	}
-	var l link.Link
-	if probe == ProbeBTF {
-		l, err = link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
-	} else {
-		l, err = link.Tracepoint("block", "block_bio_queue", prog, nil)
-	}
-	if err != nil {
-		prog.Close()
-		return fmt.Errorf("attach %s to block_bio_queue: %w", probe, err)
-	}
-	w.objs.Prog, w.link, w.probe = prog, l, probe
-	w.log.Info().Str("probe", string(probe)).Str("program", probe.program()).Str("pins", w.pinDir).Msg("watching block_bio_queue")
-	path := filepath.Join(w.pinDir, linkPin)
-	if err := w.dropPinnedLink(path); err != nil {
-		return err
-	}
-	if err := l.Pin(path); err != nil {
-		// Kernels before 5.15 attach tracepoints without a pinnable link: the
-		// program then stays attached only while this process runs.
-		w.log.Warn().Err(err).Str("path", path).Msg("cannot pin the tracepoint link; writes are unwatched while no agent runs")
-	}
-	return nil
-}
-
-// dropPinnedLink detaches the link a previous watcher pinned at path, if any.
-func (w *Watcher) dropPinnedLink(path string) error {
-	old, err := link.LoadPinnedLink(path, nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("load pinned link %s: %w", path, err)
-	}
-	defer old.Close()
-	if info, err := old.Info(); err == nil {
-		w.log.Debug().Uint32("link", uint32(info.ID)).Uint32("program", uint32(info.Program)).Msg("detaching the previous watcher's link")
-	}
-	if err := old.Unpin(); err != nil {
-		return fmt.Errorf("unpin previous link: %w", err)
-	}
-	return nil
-}
-
-// loadProgram loads the named program of spec on maps, the watcher's.
-func loadProgram(spec *ebpf.CollectionSpec, name string, maps map[string]*ebpf.Map) (*ebpf.Program, error) {
-	one := spec.Copy()
-	one.Programs = map[string]*ebpf.ProgramSpec{name: spec.Programs[name]}
-	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: maps})
-	if err != nil {
-		return nil, fmt.Errorf("load BPF program %s: %w", name, err)
-	}
-	defer coll.Close()
-	return coll.DetachProgram(name), nil
 }
 
 // loadArmings reads the pinned armings into current, rebuilds the gate from
