@@ -2,11 +2,15 @@ package watch
 
 import (
 	"context"
+	"os/exec"
+	"runtime"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/lvwatch/lvwatch/internal/latency"
+	"github.com/lvwatch/lvwatch/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -105,4 +109,128 @@ func progStats(b *testing.B, p *ebpf.Program) *ebpf.ProgramStats {
 		b.Fatalf("program statistics: %v", err)
 	}
 	return s
+}
+
+// BenchmarkProbeCost measures, in one run, what each probe costs every bio on
+// the host: a bio on an unwatched device (a loop device on tmpfs, written with
+// 4 KiB O_DIRECT pwrites; another device is armed, as on a host running VMs).
+// This machine has no PMU and time deltas drown in the write's 10-20 µs, so a
+// cpu-clock sampling profile of the writer thread (perf record, every 10 µs
+// of its CPU time, with kernel call chains) attributes to the tracepoint the
+// samples taken inside its probes (isProbeSample: the record the classic
+// tracepoint fills, the BPF dispatch, the program): host-ns/bio is their
+// count × the period / the writes. The modes: none (no lvwatch attached: what
+// other tracers on the host cost), tracepoint and tp_btf (the watcher by each
+// probe), and empty (an empty tp_btf program: the kernel's dispatch alone, the
+// floor of any BTF probe). The machine is shared, so the modes alternate in
+// short blocks under one profile, each sample going to the block it fell in,
+// and a change of load falls on all modes alike. prog-ns/bio is the program's
+// own run time from the kernel's BPF statistics, in passes after the profile:
+// enabling them adds two clock reads to every run. b.N is the writes per mode;
+// run with -benchtime 100000x or more: at about one sample per write, fewer
+// give few samples in the probes.
+func BenchmarkProbeCost(b *testing.B) {
+	requireProbe(b, ProbeBTF)
+	if _, err := exec.LookPath("perf"); err != nil {
+		testutil.SkipOrFail(b, "perf not installed (make deps installs linux-perf)")
+	}
+	dev := newBlockDev(b, "/dev/shm", 64*mib)
+	buf := alignedBuf(4096)
+	// The profile follows this thread: the probe runs in the submitter's context.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	writes := func(n int) {
+		for i := range n {
+			dev.write(b, buf, int64(i%8192)*4096)
+		}
+	}
+	spec, err := loadBpf()
+	if err != nil {
+		b.Fatal(err)
+	}
+	// attached runs f with mode's program attached (none for "none").
+	attached := func(mode string, f func(prog *ebpf.Program)) {
+		switch mode {
+		case "none":
+			f(nil)
+		case "empty":
+			prog, err := ebpf.NewProgram(spec.Programs[bpfProgLvwTestEmpty])
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer prog.Close()
+			l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			f(prog)
+		default:
+			w := mustOpen(b, Options{PinDir: testPinDir(b) + "-" + mode, Probe: Probe(mode)})
+			defer w.CloseAndUnpin()
+			mustArm(b, w, fakeDev, 60*mib)
+			f(w.objs.Prog)
+		}
+	}
+
+	const blocks = 40
+	modes := []string{"none", string(ProbeTracepoint), string(ProbeBTF), "empty"}
+	type window struct {
+		mode     string
+		from, to time.Duration
+	}
+	var windows []window
+	b.ResetTimer()
+	p := startThreadProfile(b, unix.Gettid())
+	p.command(b, "enable")
+	for block := range blocks {
+		n := b.N*(block+1)/blocks - b.N*block/blocks
+		for i := range modes {
+			mode := modes[(i+block)%len(modes)]
+			attached(mode, func(*ebpf.Program) {
+				from := monotonicNow()
+				writes(n)
+				windows = append(windows, window{mode, from, monotonicNow()})
+			})
+		}
+	}
+	p.command(b, "disable")
+	samples, probeSamples := map[string]int{}, map[string]int{}
+	for _, s := range p.stop(b) {
+		for _, w := range windows {
+			if s.at >= w.from && s.at < w.to {
+				samples[w.mode]++
+				if s.probe {
+					probeSamples[w.mode]++
+				}
+			}
+		}
+	}
+
+	runTime, runs := map[string]time.Duration{}, map[string]uint64{}
+	for _, mode := range modes[1:] {
+		attached(mode, func(prog *ebpf.Program) {
+			stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+			if err != nil {
+				b.Fatalf("enable BPF run-time statistics: %v", err)
+			}
+			defer stats.Close()
+			before := progStats(b, prog)
+			writes(b.N)
+			after := progStats(b, prog)
+			runTime[mode], runs[mode] = after.Runtime-before.Runtime, after.RunCount-before.RunCount
+		})
+	}
+	b.StopTimer()
+	hostNs := func(mode string) float64 { return float64(probeSamples[mode]) * profilePeriod / float64(b.N) }
+	for _, mode := range modes {
+		b.Logf("%s: %d of %d samples in the probes, %d writes", mode, probeSamples[mode], samples[mode], b.N)
+		b.ReportMetric(hostNs(mode), mode+"-host-ns/bio")
+		if runs[mode] > 0 {
+			b.ReportMetric(float64(runTime[mode])/float64(runs[mode]), mode+"-prog-ns/bio")
+		}
+	}
+	if tracepoint := hostNs(string(ProbeTracepoint)); tracepoint > 0 {
+		b.ReportMetric(hostNs(string(ProbeBTF))/tracepoint, "tp_btf/tracepoint")
+	}
 }

@@ -60,6 +60,7 @@ const (
 	bpfProgLvwBioBtf     = "lvw_bio_btf"
 	bpfProgLvwBioQueue   = "lvw_bio_queue"
 	bpfProgLvwTestBio    = "lvw_test_bio"
+	bpfProgLvwTestEmpty  = "lvw_test_empty"
 	bpfProgLvwTestRec    = "lvw_test_rec"
 	bpfVarLvwUnusedEvent = "lvw_unused_event"
 )
@@ -106,10 +107,11 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
-	LvwBioBtf   *ebpf.ProgramSpec `ebpf:"lvw_bio_btf"`
-	LvwBioQueue *ebpf.ProgramSpec `ebpf:"lvw_bio_queue"`
-	LvwTestBio  *ebpf.ProgramSpec `ebpf:"lvw_test_bio"`
-	LvwTestRec  *ebpf.ProgramSpec `ebpf:"lvw_test_rec"`
+	LvwBioBtf    *ebpf.ProgramSpec `ebpf:"lvw_bio_btf"`
+	LvwBioQueue  *ebpf.ProgramSpec `ebpf:"lvw_bio_queue"`
+	LvwTestBio   *ebpf.ProgramSpec `ebpf:"lvw_test_bio"`
+	LvwTestEmpty *ebpf.ProgramSpec `ebpf:"lvw_test_empty"`
+	LvwTestRec   *ebpf.ProgramSpec `ebpf:"lvw_test_rec"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -181,10 +183,11 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
-	LvwBioBtf   *ebpf.Program `ebpf:"lvw_bio_btf"`
-	LvwBioQueue *ebpf.Program `ebpf:"lvw_bio_queue"`
-	LvwTestBio  *ebpf.Program `ebpf:"lvw_test_bio"`
-	LvwTestRec  *ebpf.Program `ebpf:"lvw_test_rec"`
+	LvwBioBtf    *ebpf.Program `ebpf:"lvw_bio_btf"`
+	LvwBioQueue  *ebpf.Program `ebpf:"lvw_bio_queue"`
+	LvwTestBio   *ebpf.Program `ebpf:"lvw_test_bio"`
+	LvwTestEmpty *ebpf.Program `ebpf:"lvw_test_empty"`
+	LvwTestRec   *ebpf.Program `ebpf:"lvw_test_rec"`
 }
 
 func (p *bpfPrograms) Close() error {
@@ -192,6 +195,7 @@ func (p *bpfPrograms) Close() error {
 		p.LvwBioBtf,
 		p.LvwBioQueue,
 		p.LvwTestBio,
+		p.LvwTestEmpty,
 		p.LvwTestRec,
 	)
 }
