@@ -122,8 +122,9 @@ func Module() (dir, path string, err error) {
 	if err != nil {
 		return "", "", fmt.Errorf("go list -m: %w", err)
 	}
-	dir, path, _ = strings.Cut(strings.TrimSpace(string(out)), " ")
-	if dir == "" {
+	// Outside a module, go list names no directory: " command-line-arguments".
+	dir, path, _ = strings.Cut(strings.TrimRight(string(out), "\n"), " ")
+	if !filepath.IsAbs(dir) {
 		return "", "", errors.New("not in a Go module: run in lvwatch's module")
 	}
 	return dir, path, nil

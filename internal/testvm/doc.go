@@ -15,6 +15,11 @@
 // Two VMs paused on one device: NewSharedQCOW2Disk, and each VM's Drive
 // Shared, at its own Offset.
 //
+// Outside a test, BuildKit (or LoadKit, for a kit copied where there is no Go
+// toolchain) and Boot do the same and return errors; Options place the QMP
+// sockets (QMP) and copy the console to a writer (Console); the MicroVM
+// machine boots faster in a VM under TCG. tools/testvm is the command.
+//
 // It also holds what tools/vmtest boots its guests with: the kernel download
 // into the module's cache, a cpio writer for initramfs archives, the cache of
 // those archives, and QEMU's options for a direct kernel boot and virtio disks.

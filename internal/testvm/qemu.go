@@ -48,8 +48,12 @@ type Drive struct {
 	Shared bool
 }
 
-// QEMUArgs are the -drive and -device options of the drive with id dN.
-func (d Drive) QEMUArgs(n int) []string {
+// QEMUArgs are the -drive and -device options of the drive with id dN, a
+// PCI device.
+func (d Drive) QEMUArgs(n int) []string { return d.qemuArgs(n, "virtio-blk-pci") }
+
+// qemuArgs are QEMUArgs for a device model of virtio-blk.
+func (d Drive) qemuArgs(n int, model string) []string {
 	id := fmt.Sprintf("d%d", n)
 	opts := []string{"file=" + strings.ReplaceAll(d.Path, ",", ",,"), "format=" + d.Format, "if=none", "id=" + id}
 	for _, o := range []struct{ key, value string }{{"cache", d.Cache}, {"aio", d.AIO}, {"werror", d.Werror}} {
@@ -57,7 +61,7 @@ func (d Drive) QEMUArgs(n int) []string {
 			opts = append(opts, o.key+"="+o.value)
 		}
 	}
-	device := "virtio-blk-pci,drive=" + id
+	device := model + ",drive=" + id
 	if d.Shared {
 		opts = append(opts, "file.locking=off")
 		device += ",share-rw=on"

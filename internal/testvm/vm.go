@@ -5,20 +5,24 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/lvwatch/lvwatch/internal/testutil"
 )
 
-// Options are what Start boots.
+// Options are what Boot and Start boot.
 type Options struct {
 	// Drives are the VM's disks, /dev/vda, /dev/vdb... in the guest, all
 	// written at once. Empty fields default to Format qcow2, Cache none,
@@ -26,90 +30,213 @@ type Options struct {
 	Drives []Drive
 	// DataMiB is how much the guest writes to each drive and reads back; 16 when 0.
 	DataMiB int
-	// Monitors is the number of QMP sockets (VM.QMP); 1 when 0. Each serves one
+	// QMP are paths for QMP sockets of the VM, VM.QMP(0)... in this order (a
+	// socket left there before is replaced; any other file is an error).
+	QMP []string
+	// Monitors is the number of QMP sockets in a directory of the VM's own,
+	// after those of QMP; 1 when 0 and QMP is empty. Each socket serves one
 	// client at a time.
 	Monitors int
+	// Console, when set, gets the serial console and QEMU's own messages as
+	// they come, besides the VM's copy (Console, Wait).
+	Console io.Writer
+	// Machine is the VM's machine type: Q35 when empty, or MicroVM.
+	Machine string
 }
+
+// The machine types.
+const (
+	// Q35 is a PC: SeaBIOS, PCI and virtio-blk-pci disks.
+	Q35 = "q35"
+	// MicroVM is QEMU's minimal machine: qboot, no PCI, virtio-mmio disks that
+	// ACPI describes. It boots faster where every instruction counts (a VM in
+	// a VM under TCG).
+	MicroVM = "microvm"
+)
 
 const defaultDataMiB = 16
 
 // machineArgs are the VM's hardware: one emulated CPU and little memory (the
 // writer streams its data); q35 found its virtio disks faster than pc here.
-var machineArgs = []string{"-M", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "256"}
+var machineArgs = []string{"-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "256"}
 
-// VM is one running QEMU; it is killed at the end of the test that started it.
+// machines are each machine type's QEMU option, its disks' device model and
+// the modules the guest needs for them.
+var machines = map[string]struct {
+	option, disk string
+	modules      []string
+}{
+	Q35:     {"q35", "virtio-blk-pci", []string{"virtio_pci", "virtio_blk"}},
+	MicroVM: {"microvm,x-option-roms=off,isa-serial=on", "virtio-blk-device", []string{"virtio_mmio", "virtio_blk"}},
+}
+
+// VM is one running QEMU: Start's is killed at the end of its test, Boot's
+// by Close.
 type VM struct {
 	console  testutil.LogBuffer // the serial console and QEMU's own messages
 	monitors []string
 	drives   int
+	dir      string // the VM's own directory, for its monitors
+	cmd      *exec.Cmd
 	exited   chan struct{}
 	exitErr  error // QEMU's, once exited is closed
+	close    sync.Once
 }
 
-// Start boots a VM that writes Options.DataMiB to each drive. It returns once
-// the VM's monitors listen.
+// Start is Boot for a test: the test fails when the VM does not boot, and the
+// VM is killed at its end.
 func Start(t testing.TB, kit Kit, opt Options) *VM {
 	t.Helper()
-	if len(opt.Drives) == 0 {
-		t.Fatal("testvm.Start: no drives")
-	}
-	if opt.DataMiB < 0 || opt.Monitors < 0 {
-		t.Fatalf("testvm.Start: DataMiB %d, Monitors %d: negative", opt.DataMiB, opt.Monitors)
-	}
-	for i, d := range opt.Drives {
-		if d.Offset < 0 || d.Offset%(1<<20) != 0 {
-			t.Fatalf("testvm.Start: drive %d: offset %d is not a multiple of 1 MiB", i, d.Offset)
-		}
-	}
-	opt.DataMiB = cmp.Or(opt.DataMiB, defaultDataMiB)
-	opt.Monitors = cmp.Or(opt.Monitors, 1)
-	// Not t.TempDir(): a test's name may make a socket path longer than the 107 bytes allowed.
-	dir, err := os.MkdirTemp("", "testvm-")
+	v, err := Boot(context.Background(), kit, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(v.Close)
+	return v
+}
 
-	args := append(append([]string{}, machineArgs...), BootArgs(kit.Kernel, kit.Initramfs, opt.WriterParams())...)
+// Boot starts a VM that writes Options.DataMiB to each drive. It returns once
+// the VM's monitors listen, ctx bounding that wait only: the VM runs until it
+// powers off or Close kills it.
+func Boot(ctx context.Context, kit Kit, opt Options) (*VM, error) {
+	if len(opt.Drives) == 0 {
+		return nil, errors.New("testvm: no drives")
+	}
+	if opt.DataMiB < 0 || opt.Monitors < 0 {
+		return nil, fmt.Errorf("testvm: DataMiB %d, Monitors %d: negative", opt.DataMiB, opt.Monitors)
+	}
 	for i, d := range opt.Drives {
-		args = append(args, d.withDefaults().QEMUArgs(i)...)
+		if d.Offset < 0 || d.Offset%(1<<20) != 0 {
+			return nil, fmt.Errorf("testvm: drive %d: offset %d is not a multiple of 1 MiB", i, d.Offset)
+		}
 	}
-	v := &VM{drives: len(opt.Drives), exited: make(chan struct{})}
+	opt.DataMiB = cmp.Or(opt.DataMiB, defaultDataMiB)
+	machine, ok := machines[cmp.Or(opt.Machine, Q35)]
+	if !ok {
+		return nil, fmt.Errorf("testvm: machine %q: not %s or %s", opt.Machine, Q35, MicroVM)
+	}
+	if len(opt.QMP) == 0 {
+		opt.Monitors = cmp.Or(opt.Monitors, 1)
+	}
+	for _, path := range opt.QMP {
+		if err := removeSocket(path); err != nil {
+			return nil, err
+		}
+	}
+	// Not a test's TempDir: a test's name may make a socket path longer than the 107 bytes allowed.
+	dir, err := os.MkdirTemp("", "testvm-")
+	if err != nil {
+		return nil, err
+	}
+	cmdline := opt.WriterParams()
+	if opt.Machine == MicroVM {
+		cmdline += tscParam()
+	}
+	args := append([]string{"-M", machine.option}, machineArgs...)
+	args = append(args, BootArgs(kit.Kernel, kit.Initramfs, cmdline)...)
+	for i, d := range opt.Drives {
+		args = append(args, d.withDefaults().qemuArgs(i, machine.disk)...)
+	}
+	v := &VM{drives: len(opt.Drives), dir: dir, exited: make(chan struct{})}
+	v.monitors = append(v.monitors, opt.QMP...)
 	for i := range opt.Monitors {
-		path := filepath.Join(dir, fmt.Sprintf("qmp%d.sock", i))
-		v.monitors = append(v.monitors, path)
-		args = append(args, "-qmp", "unix:"+strings.ReplaceAll(path, ",", ",,")+",server=on,wait=off")
+		v.monitors = append(v.monitors, filepath.Join(dir, fmt.Sprintf("qmp%d.sock", i)))
 	}
-	cmd := exec.Command("qemu-system-x86_64", args...)
-	cmd.Stdout, cmd.Stderr = &v.console, &v.console
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start qemu: %v", err)
+	for _, m := range v.monitors {
+		args = append(args, "-qmp", "unix:"+strings.ReplaceAll(m, ",", ",,")+",server=on,wait=off")
+	}
+	v.cmd = exec.Command("qemu-system-x86_64", args...)
+	v.cmd.Stdout, v.cmd.Stderr = &v.console, &v.console
+	if opt.Console != nil {
+		w := io.MultiWriter(&v.console, opt.Console)
+		v.cmd.Stdout, v.cmd.Stderr = w, w
+	}
+	if err := v.cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("start qemu: %w", err)
 	}
 	go func() {
-		v.exitErr = cmd.Wait()
+		v.exitErr = v.cmd.Wait()
 		close(v.exited)
 	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-v.exited
-	})
+	if err := v.waitMonitors(ctx); err != nil {
+		v.Close()
+		return nil, err
+	}
+	return v, nil
+}
+
+// tscParam tells a microvm's kernel its TSC's rate, which it cannot measure
+// there: it has no HPET, and under TCG in a VM (itself under TCG) the PIT
+// calibration fails and the boot hangs. Under TCG the guest's TSC is this
+// machine's, so its rate is this kernel's ("cpu MHz"); "" when unknown.
+func tscParam() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		key, value, ok := strings.Cut(line, ":")
+		if !ok || strings.TrimSpace(key) != "cpu MHz" {
+			continue
+		}
+		mhz, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		if err != nil || mhz < 1 || mhz > 1e5 {
+			return ""
+		}
+		return fmt.Sprintf(" tsc_early_khz=%d", int64(mhz*1000))
+	}
+	return ""
+}
+
+// removeSocket makes way for a monitor at path: a socket is removed (QEMU's
+// would replace it anyway, and the wait for the new one must not find it);
+// any other file is refused.
+func removeSocket(path string) error {
+	st, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case st.Mode().Type() != fs.ModeSocket:
+		return fmt.Errorf("testvm: QMP socket %s: a file that is no socket is there", path)
+	}
+	return os.Remove(path)
+}
+
+// waitMonitors waits until every monitor's socket is there. The time limit
+// only turns a QEMU that hangs before listening into a failure.
+func (v *VM) waitMonitors(ctx context.Context) error {
+	deadline := time.Now().Add(time.Minute)
 	for _, m := range v.monitors {
-		// The time limit only turns a QEMU that hangs before listening into a failure.
-		for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		for ; ; time.Sleep(10 * time.Millisecond) {
 			if _, err := os.Stat(m); err == nil {
 				break
 			}
 			select {
 			case <-v.exited:
-				t.Fatalf("qemu exited before its monitor listened: %v\n%s", v.exitErr, v.Console())
+				return fmt.Errorf("qemu exited before its monitor listened: %v\n%s", v.exitErr, v.Console())
+			case <-ctx.Done():
+				return fmt.Errorf("qemu: waiting for its monitor %s: %w", m, ctx.Err())
 			default:
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("qemu did not create %s in a minute\n%s", m, v.Console())
+				return fmt.Errorf("qemu did not create %s in a minute\n%s", m, v.Console())
 			}
 		}
 	}
-	return v
+	return nil
+}
+
+// Close kills QEMU if it still runs, waits for it and removes the VM's own
+// directory. The VM's report (Wait) stays readable.
+func (v *VM) Close() {
+	v.close.Do(func() {
+		v.cmd.Process.Kill()
+		<-v.exited
+		os.RemoveAll(v.dir)
+	})
 }
 
 // WriterParams are the writer's parameters on the kernel command line (for a
@@ -122,9 +249,13 @@ func (opt Options) WriterParams() string {
 	for _, d := range opt.Drives {
 		offsets = append(offsets, strconv.FormatInt(d.Offset, 10))
 	}
+	params := ""
+	if m, ok := machines[cmp.Or(opt.Machine, Q35)]; ok {
+		params = " testvm.modules=" + strings.Join(m.modules, ",")
+	}
 	// no_timer_check: under TCG on a busy host the kernel's timer check at boot can fail and cost seconds.
-	return fmt.Sprintf("no_timer_check testvm.bytes=%d testvm.offsets=%s testvm.seed=%s",
-		int64(cmp.Or(opt.DataMiB, defaultDataMiB))<<20, strings.Join(offsets, ","), hex.EncodeToString(seed))
+	return fmt.Sprintf("no_timer_check testvm.bytes=%d testvm.offsets=%s testvm.seed=%s%s",
+		int64(cmp.Or(opt.DataMiB, defaultDataMiB))<<20, strings.Join(offsets, ","), hex.EncodeToString(seed), params)
 }
 
 func (d Drive) withDefaults() Drive {

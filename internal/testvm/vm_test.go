@@ -4,8 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/lvwatch/lvwatch/internal/testutil"
 )
 
 // hangLimit only turns a VM that hangs into a failure: a run takes seconds.
@@ -23,19 +28,75 @@ func TestVerifiesOnARoomyDisk(t *testing.T) {
 
 // TestPausesOnENOSPCAndResumes is the case lvwatch exists for: the VM writes
 // past the end of its disk's device, QEMU pauses it, the device grows, the VM
-// continues and its data is intact.
+// continues and its data is intact. On both machines: tools/testvm boots a
+// microvm in tools/vmtest's guest.
 func TestPausesOnENOSPCAndResumes(t *testing.T) {
-	kit := NewKit(t)
-	disk := NewQCOW2Disk(t, 16<<20, 256<<20)
-	vm := Start(t, kit, Options{Drives: []Drive{{Path: disk.Path, Werror: "stop"}}, DataMiB: 32})
-	q := dialQMP(t, vm.QMP(0))
-	q.waitStatus(t, vm, "io-error")
-	if got := q.noSpace(t); len(got) != 1 || got[0] != "d0" {
-		t.Fatalf("drives without space: %q, want [d0]", got)
+	for _, machine := range []string{Q35, MicroVM} {
+		t.Run(machine, func(t *testing.T) {
+			kit := NewKit(t)
+			disk := NewQCOW2Disk(t, 16<<20, 256<<20)
+			vm := Start(t, kit, Options{Drives: []Drive{{Path: disk.Path, Werror: "stop"}}, DataMiB: 32, Machine: machine})
+			q := dialQMP(t, vm.QMP(0))
+			q.waitStatus(t, vm, "io-error")
+			if got := q.noSpace(t); len(got) != 1 || got[0] != "d0" {
+				t.Fatalf("drives without space: %q, want [d0]", got)
+			}
+			disk.Grow(t, 64<<20)
+			q.execute(t, "cont", nil)
+			wait(t, vm)
+		})
 	}
-	disk.Grow(t, 64<<20)
-	q.execute(t, "cont", nil)
+}
+
+// TestBootOptions: monitors at the caller's paths (a stale socket there
+// replaced) before the VM's own, and the console on the caller's writer too.
+func TestBootOptions(t *testing.T) {
+	kit := NewKit(t)
+	disk := NewQCOW2Disk(t, 64<<20, 64<<20)
+	dir := t.TempDir()
+	stale := filepath.Join(dir, "stale.qmp")
+	l, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	var console testutil.LogBuffer
+	vm, err := Boot(t.Context(), kit, Options{Drives: []Drive{{Path: disk.Path}}, DataMiB: 4,
+		QMP: []string{stale, filepath.Join(dir, "b.qmp")}, Monitors: 1, Console: &console})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	if vm.QMP(0) != stale || vm.QMP(1) != filepath.Join(dir, "b.qmp") || filepath.Dir(vm.QMP(2)) == dir {
+		t.Errorf("monitors %q, %q, %q", vm.QMP(0), vm.QMP(1), vm.QMP(2))
+	}
+	for i := range 3 {
+		dialQMP(t, vm.QMP(i)).execute(t, "query-status", nil)
+	}
 	wait(t, vm)
+	if !strings.Contains(console.String(), "testvm: done") {
+		t.Errorf("the console writer got %q", console.String())
+	}
+}
+
+func TestBootRefuses(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "not-a-socket")
+	os.WriteFile(file, nil, 0o600)
+	for name, opt := range map[string]Options{
+		"no drives":     {},
+		"a machine":     {Drives: []Drive{{Path: "/dev/null"}}, Machine: "pc"},
+		"an offset":     {Drives: []Drive{{Path: "/dev/null", Offset: 4096}}},
+		"a file at QMP": {Drives: []Drive{{Path: "/dev/null"}}, QMP: []string{file}},
+	} {
+		if vm, err := Boot(t.Context(), Kit{}, opt); err == nil {
+			vm.Close()
+			t.Errorf("%s: booted", name)
+		}
+	}
+	if _, err := os.Stat(file); err != nil {
+		t.Errorf("the file at the QMP path: %v", err)
+	}
 }
 
 // TestTwoDrivesPause: the guest writes both drives at once, so that both run

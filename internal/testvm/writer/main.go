@@ -8,9 +8,12 @@
 //	testvm.bytes=N            how much each disk gets, a multiple of 1 MiB
 //	testvm.offsets=O1,O2...   where on /dev/vda, /dev/vdb... it goes
 //	testvm.seed=HEX           32 bytes that seed the data (ChaCha8, one stream per disk)
+//	testvm.modules=M1,M2...   the modules that make the disks appear (default
+//	                          virtio_pci,virtio_blk; virtio_mmio,virtio_blk on a microvm)
 //
 // and reads back its report (package testvm parses it):
 //
+//	testvm: writing 33554432 bytes to each of 2 drives
 //	testvm: drive 0 vda verified 33554432 bytes at offset 0
 //	testvm: drive 1 vdb failed: write at 16777216: input/output error
 //	testvm: done
@@ -44,7 +47,11 @@ type params struct {
 	bytes   int64
 	offsets []int64
 	seed    [32]byte
+	modules []string
 }
+
+// defaultModules are the disks' modules on a PC (virtio over PCI).
+var defaultModules = []string{"virtio_pci", "virtio_blk"}
 
 func main() {
 	if err := run(); err != nil {
@@ -67,9 +74,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	if err := guest.Modprobe("virtio_pci", "virtio_blk"); err != nil {
+	if err := guest.Modprobe(p.modules...); err != nil {
 		return err
 	}
+	// The host learns from this line that the guest is up (tools/testvm).
+	fmt.Printf("testvm: writing %d bytes to each of %d drives\n", p.bytes, len(p.offsets))
 	var wg sync.WaitGroup
 	for i, off := range p.offsets {
 		wg.Go(func() {
@@ -106,6 +115,15 @@ func parseParams(cmdline string) (params, error) {
 				}
 				p.offsets = append(p.offsets, off)
 			}
+		case "testvm.modules":
+			p.modules = nil
+			for _, m := range strings.Split(value, ",") {
+				if !validModule(m) {
+					err = fmt.Errorf("bad module name %q", m)
+					break
+				}
+				p.modules = append(p.modules, m)
+			}
 		case "testvm.seed":
 			var b []byte
 			b, err = hex.DecodeString(value)
@@ -129,7 +147,24 @@ func parseParams(cmdline string) (params, error) {
 	if p.bytes == 0 {
 		return p, errors.New("kernel command line: testvm.bytes=0")
 	}
+	if p.modules == nil {
+		p.modules = defaultModules
+	}
 	return p, nil
+}
+
+// validModule accepts a module's name as modprobe takes it, nothing that
+// could be an option.
+func validModule(m string) bool {
+	if m == "" || len(m) > 64 {
+		return false
+	}
+	for _, c := range m {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return m[0] != '-'
 }
 
 // parseChunks reads a byte count that must be a multiple of chunk.
