@@ -23,6 +23,19 @@ var (
 	guestModules  = []string{"virtio_pci", "virtio_blk", "loop", "dm_mod", "dm_snapshot", "dm_thin_pool"}
 	// -script adds these, from this host's PATH, with their libraries.
 	scriptPrograms = []string{"qemu-img", "qemu-io"}
+	// -qemu adds QEMU for a nested VM (tools/testvm) and the files it loads
+	// for internal/testvm's machines with -kernel: for q35 SeaBIOS and the
+	// option ROMs of the direct kernel boot, for microvm qboot (a symlink
+	// to qboot.rom, copied as a file); and Debian's TCG accelerator, a
+	// module in QEMU 7.2. QEMU finds them relative to its binary, /usr/bin.
+	qemuPrograms  = []string{"qemu-system-x86_64"}
+	qemuDataFiles = []string{
+		"/usr/share/seabios/bios-256k.bin",
+		"/usr/share/qemu/linuxboot_dma.bin",
+		"/usr/share/qemu/kvmvapic.bin",
+		"/usr/share/qemu/bios-microvm.bin",
+		"/usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so",
+	}
 )
 
 // lvmdbusdProfile is the command profile lvm2 ships for lvmdbusd: the SPM's lvm shell reports through it.
@@ -57,6 +70,7 @@ backup {
 const (
 	baseFormat  = "vmtest-base-1"
 	toolsFormat = "vmtest-tools-1"
+	qemuFormat  = "vmtest-qemu-1"
 )
 
 // baseInitramfs returns the cached archive with everything but the tests: busybox,
@@ -77,19 +91,43 @@ func baseInitramfs(cache testvm.Cache, k testvm.Kernel) (string, error) {
 // adds (qemu-img, qemu-io) with their shared libraries, at /usr/bin in the
 // guest; it goes between the base archive and the payload.
 func toolsInitramfs(cache testvm.Cache) (string, error) {
+	return programsInitramfs(cache, "tools", toolsFormat, scriptPrograms, nil)
+}
+
+// qemuInitramfs returns the cached archive of what -qemu adds for a nested
+// VM: QEMU with its libraries, its TCG accelerator and the firmware it loads.
+func qemuInitramfs(cache testvm.Cache) (string, error) {
+	return programsInitramfs(cache, "qemu", qemuFormat, qemuPrograms, qemuDataFiles)
+}
+
+// programsInitramfs is the cached archive prefix-KEY.cpio of the programs
+// (from this host's PATH, at /usr/bin in the guest) and the data files (at
+// their host paths), with the shared libraries that the programs and the data
+// files that are shared objects load.
+func programsInitramfs(cache testvm.Cache, prefix, format string, programs, data []string) (string, error) {
 	var progs []testvm.ArchiveFile
-	for _, name := range scriptPrograms {
+	for _, name := range programs {
 		host, err := exec.LookPath(name)
 		if err != nil {
 			return "", err
 		}
 		progs = append(progs, testvm.ArchiveFile{Guest: filepath.Join("/usr/bin", name), Host: host})
 	}
+	var plain []testvm.ArchiveFile
+	for _, d := range data {
+		f := testvm.ArchiveFile{Guest: d, Host: d}
+		if strings.HasSuffix(d, ".so") { // a module QEMU loads: its libraries too
+			progs = append(progs, f)
+		} else {
+			plain = append(plain, f)
+		}
+	}
 	files, err := programFiles(progs)
 	if err != nil {
 		return "", err
 	}
-	return cache.Archive("tools", toolsFormat+"\n", files, "the initramfs of "+strings.Join(scriptPrograms, ", "), nil)
+	files = append(files, plain...)
+	return cache.Archive(prefix, format+"\n", files, "the initramfs of "+strings.Join(programs, ", "), nil)
 }
 
 func baseFiles(k testvm.Kernel) ([]testvm.ArchiveFile, error) {

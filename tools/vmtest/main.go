@@ -77,6 +77,7 @@ type options struct {
 	cacheDir  string
 	script    string   // -script: a shell script to run in the guest instead of the tests
 	guests    int      // -script: guests booted at once, sharing the scratch disks
+	qemu      bool     // -script: QEMU, the testvm kit and tools/testvm in the guest, for a nested VM
 	args      []string // its arguments, after the flags
 }
 
@@ -143,6 +144,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&diskSize, "disk-size", "", fmt.Sprintf("size of each scratch disk (default %s, %s with -script)", size.Format(testDiskSize), size.Format(scriptDiskSize)))
 	fs.StringVar(&o.cacheDir, "cache", "", "cache for the kernel and initramfs (default .cache/vmtest in the module)")
 	fs.StringVar(&o.script, "script", "", "boot the guest and run this shell script in it as root instead of the tests; exit with its exit code (125: the guest failed)")
+	fs.BoolVar(&o.qemu, "qemu", false, fmt.Sprintf("with -script: put in the guest what a nested VM needs (QEMU, its firmware and TCG module, testvm and its kit in %s; LVWATCH_TESTVM_KIT names it) and give it %d MiB", guestKitDir, qemuGuestMemMiB))
 	fs.IntVar(&o.guests, "guests", 1, fmt.Sprintf("with -script: boot this many guests at once (up to %d), all on the same scratch disks; each runs FILE with LVWATCH_GUEST=1, 2...", maxGuests))
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -166,6 +168,8 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("unexpected arguments %q (only -script takes arguments)", o.args)
 	} else if set["guests"] {
 		return o, errors.New("-guests: only with -script")
+	} else if set["qemu"] {
+		return o, errors.New("-qemu: only with -script")
 	}
 	if o.guests < 1 || o.guests > maxGuests {
 		return o, fmt.Errorf("-guests %d: from 1 to %d", o.guests, maxGuests)
@@ -292,6 +296,15 @@ func bootGuests(ctx context.Context, o options, work string, plans []*plan, host
 		}
 		archives = append(archives, tools)
 	}
+	memMiB := guestMemMiB
+	if o.qemu {
+		nested, err := qemuInitramfs(cache)
+		if err != nil {
+			return nil, err
+		}
+		archives = append(archives, nested)
+		memMiB = qemuGuestMemMiB
+	}
 	vms := make([]vm, len(plans))
 	disks, err := scratchDisks(work, o.disks, int64(o.diskSize))
 	if err != nil {
@@ -310,7 +323,7 @@ func bootGuests(ctx context.Context, o options, work string, plans []*plan, host
 		if err := concatFiles(initrd, append(archives, payload)...); err != nil {
 			return nil, err
 		}
-		vms[i] = vm{kernel: k.Vmlinuz(), initrd: initrd, disks: disks, timeout: o.timeout, shared: len(plans) > 1}
+		vms[i] = vm{kernel: k.Vmlinuz(), initrd: initrd, disks: disks, timeout: o.timeout, shared: len(plans) > 1, memMiB: memMiB}
 	}
 	if len(plans) > 1 {
 		what = fmt.Sprintf("%d guests %s", len(plans), what)

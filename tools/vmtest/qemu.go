@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -20,11 +21,19 @@ type vm struct {
 	disks   []string // raw scratch images, /dev/vda, /dev/vdb... in the guest
 	timeout time.Duration
 	shared  bool // other guests write the same disks: no host cache, no lock
+	memMiB  int  // guestMemMiB when 0
 }
 
 // tcgArgs are measured on the CI machines: KVM does not work there, so QEMU
 // translates; -smp 2 with a thread per vCPU.
-var tcgArgs = []string{"-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "1024"}
+var tcgArgs = []string{"-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2"}
+
+// The guest's memory: what the tests need, and with -qemu room for a nested
+// VM (internal/testvm's 256 MiB) besides the larger initramfs.
+const (
+	guestMemMiB     = 1024
+	qemuGuestMemMiB = 2048
+)
 
 // boot runs the guest with its serial console on console until it powers
 // off, and kills it when the time limit passes. Its result is on the console.
@@ -32,6 +41,7 @@ func (v vm) boot(ctx context.Context, console io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, v.timeout)
 	defer cancel()
 	args := append(testvm.BootArgs(v.kernel, v.initrd, ""), tcgArgs...)
+	args = append(args, "-m", fmt.Sprint(cmp.Or(v.memMiB, guestMemMiB)))
 	args = append(args, v.diskArgs()...)
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	cmd.Stdout, cmd.Stderr = console, os.Stderr

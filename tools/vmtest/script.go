@@ -28,6 +28,7 @@ import (
 const (
 	guestScriptDir = "/vmtest/script"
 	guestScriptCwd = "/root"
+	guestKitDir    = "/vmtest/kit" // -qemu: the testvm kit, for testvm run --kit
 )
 
 // guestPasswd and guestGroup name root, for the tools that look the user up (id, whoami).
@@ -81,8 +82,11 @@ func runScriptHost(ctx context.Context, o options) (int, error) {
 	}
 	defer os.RemoveAll(work)
 
-	needed := append([]string{"lvm", "dmsetup"}, vmHostTools...)
-	if err := ensureHostTools(moduleDir, append(needed, scriptPrograms...)); err != nil {
+	needed := append(append([]string{"lvm", "dmsetup"}, vmHostTools...), scriptPrograms...)
+	if o.qemu {
+		needed = append(needed, qemuPrograms...)
+	}
+	if err := ensureHostTools(moduleDir, needed); err != nil {
 		return 0, err
 	}
 	progress("building lvwatch and the guest's /init")
@@ -112,6 +116,11 @@ func runScriptHost(ctx context.Context, o options) (int, error) {
 		"/etc/passwd":                         filepath.Join(etc, "passwd"),
 		"/etc/group":                          filepath.Join(etc, "group"),
 	}
+	if o.qemu {
+		if err := addNestedVM(o, moduleDir, binDir, p, hostPaths); err != nil {
+			return 0, err
+		}
+	}
 
 	if o.guests > 1 {
 		return runScriptGuests(ctx, o, work, p, hostPaths)
@@ -131,6 +140,25 @@ func runScriptHost(ctx context.Context, o options) (int, error) {
 		err = errors.New("interrupted")
 	}
 	return r.result(err)
+}
+
+// addNestedVM adds to the guest's payload what tools/testvm needs there for
+// -qemu besides QEMU (qemuInitramfs): itself, built here, and the testvm kit
+// in guestKitDir, which LVWATCH_TESTVM_KIT names.
+func addNestedVM(o options, moduleDir, binDir string, p *plan, hostPaths map[string]string) error {
+	progress("building tools/testvm and the testvm kit")
+	if err := testvm.GoStatic(moduleDir, "build", "-o", filepath.Join(binDir, "testvm"), "./tools/testvm"); err != nil {
+		return err
+	}
+	kit, err := testvm.Cache{Dir: o.cacheDir, Progress: progress}.Kit(moduleDir)
+	if err != nil {
+		return err
+	}
+	in := kit.In(guestKitDir)
+	hostPaths[filepath.Join(guestBinDir, "testvm")] = filepath.Join(binDir, "testvm")
+	hostPaths[in.Kernel], hostPaths[in.Initramfs] = kit.Kernel, kit.Initramfs
+	p.Env = append(p.Env, "LVWATCH_TESTVM_KIT="+guestKitDir)
+	return nil
 }
 
 func scriptWhat(o options) string {

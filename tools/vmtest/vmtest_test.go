@@ -290,6 +290,19 @@ func TestParseArgsGuests(t *testing.T) {
 	}
 }
 
+func TestParseArgsQEMU(t *testing.T) {
+	o, err := parseArgs([]string{"-qemu", "-script", "s.sh"}, io.Discard)
+	if err != nil || !o.qemu {
+		t.Fatalf("-qemu -script: %+v, %v", o, err)
+	}
+	if o, err := parseArgs([]string{"-script", "s.sh"}, io.Discard); err != nil || o.qemu {
+		t.Errorf("-script alone: qemu %t, %v; want false", o.qemu, err)
+	}
+	if _, err := parseArgs([]string{"-qemu"}, io.Discard); err == nil {
+		t.Error("-qemu without -script: no error")
+	}
+}
+
 func TestDiskArgs(t *testing.T) {
 	v := vm{disks: []string{"/w/a.raw", "/w/b.raw"}}
 	want := []string{
