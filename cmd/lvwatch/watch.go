@@ -57,6 +57,13 @@ func runWatch(ctx context.Context, args []string) error {
 	// running agent's objects.
 	pinDir := fs.String("pin-dir", watch.DefaultPinDir+"-watch", "where the BPF maps and link are pinned (not the agent's)")
 	keep := fs.Bool("keep", false, "on exit keep the program attached and the pins, so that a run after it misses nothing (default: detach and remove them)")
+	var probe watch.Probe
+	fs.Func("probe", `how to attach: "tp_btf" (the BTF raw tracepoint) or "tracepoint" (the classic one, for comparison); default: tp_btf where the kernel has BTF`, func(s string) error {
+		if probe = watch.Probe(s); probe != watch.ProbeBTF && probe != watch.ProbeTracepoint {
+			return fmt.Errorf("want %q or %q", watch.ProbeBTF, watch.ProbeTracepoint)
+		}
+		return nil
+	})
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -85,7 +92,7 @@ func runWatch(ctx context.Context, args []string) error {
 		paths[dev] = p
 	}
 
-	w, err := watch.Open(watch.Options{PinDir: *pinDir, Logger: logger})
+	w, err := watch.Open(watch.Options{PinDir: *pinDir, Logger: logger, Probe: probe})
 	if err != nil {
 		return err
 	}
