@@ -34,6 +34,7 @@ func commands() []command {
 		{"spm", "serve extend requests as the storage domains' SPM: validate, lvextend, reply", runSPM},
 		{"status", "show what the agent running here is doing: its LVs, extensions and SPM", runStatus},
 		{"resume", "resume the VMs paused for want of space on devices grown by hand", runResume},
+		{"doctor", "show (and with --remove, remove) what lvwatch has pinned and attached on this host", runDoctor},
 		{"version", "print the version", runVersion},
 	}
 }

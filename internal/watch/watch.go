@@ -14,7 +14,6 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/rs/zerolog"
-	"golang.org/x/sys/unix"
 )
 
 // DefaultPinDir is where the maps and the link are pinned, for bpftool and for the
@@ -165,16 +164,9 @@ func (w *Watcher) lockPinDir() error {
 	if err := os.MkdirAll(w.pinDir, 0o700); err != nil {
 		return fmt.Errorf("create pin directory: %w", err)
 	}
-	f, err := os.Open(w.pinDir)
+	f, err := tryLock(w.pinDir)
 	if err != nil {
-		return fmt.Errorf("open pin directory: %w", err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return fmt.Errorf("%w (%s is locked)", ErrBusy, w.pinDir)
-		}
-		return fmt.Errorf("lock pin directory: %w", err)
+		return err
 	}
 	w.lock = f
 	return nil
