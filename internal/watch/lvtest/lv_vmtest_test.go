@@ -12,9 +12,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -86,13 +89,28 @@ func (l *lv) size(t *testing.T) uint64 {
 	return n
 }
 
-func openWatcher(t *testing.T) *watch.Watcher {
+// probes are the watcher's two ways of attaching, each forced in turn: the
+// guest's 6.1 kernel has BTF, so both run there.
+var probes = []watch.Probe{watch.ProbeBTF, watch.ProbeTracepoint}
+
+// eachProbe runs test once per probe, as a subtest named after it.
+func eachProbe(t *testing.T, test func(t *testing.T, probe watch.Probe)) {
+	for _, probe := range probes {
+		t.Run(string(probe), func(t *testing.T) { test(t, probe) })
+	}
+}
+
+func openWatcher(t *testing.T, probe watch.Probe) *watch.Watcher {
 	t.Helper()
-	w, err := watch.Open(watch.Options{PinDir: fmt.Sprintf("/sys/fs/bpf/lvwatch-lvtest-%d-%s", os.Getpid(), t.Name())})
+	dir := fmt.Sprintf("/sys/fs/bpf/lvwatch-lvtest-%d-%s-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-"), probe)
+	w, err := watch.Open(watch.Options{PinDir: dir, Probe: probe})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.CloseAndUnpin() })
+	if w.Probe() != probe {
+		t.Fatalf("watcher attached by %s, want %s", w.Probe(), probe)
+	}
 	return w
 }
 
@@ -106,8 +124,10 @@ func next(t *testing.T, w *watch.Watcher, d time.Duration) (watch.Event, error) 
 
 // A write to an LV raises its event with the LV's dev_t and the offset in the
 // LV, whatever PV and sector the table maps it to.
-func TestLVCrossing(t *testing.T) {
-	w := openWatcher(t)
+func TestLVCrossing(t *testing.T) { eachProbe(t, testLVCrossing) }
+
+func testLVCrossing(t *testing.T, probe watch.Probe) {
+	w := openWatcher(t, probe)
 	l := newLV(t, "64m")
 	a, err := w.Arm(l.dev, 32*mib)
 	if err != nil || a.Past {
@@ -128,14 +148,122 @@ func TestLVCrossing(t *testing.T) {
 	}
 }
 
+// Both probes, attached at once, see an LV's bios alike: the LV's own (dm-N,
+// LV sectors) and the PV's below (the loop device, PV sectors), the same
+// operations counted as writes, the same bios and high-water marks.
+func TestLVProbesAgree(t *testing.T) {
+	watchers := map[watch.Probe]*watch.Watcher{}
+	for _, probe := range probes {
+		watchers[probe] = openWatcher(t, probe)
+	}
+	l := newLV(t, "64m")
+	pv, err := watch.DevOf(l.env.Paths()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := map[watch.Probe][]watch.Event{}
+	// arm arms each watcher's devices at their thresholds (bytes), after
+	// reading the crossings of the armings before.
+	arm := func(thresholds map[watch.Dev]uint64) {
+		t.Helper()
+		for probe, w := range watchers {
+			events[probe] = append(events[probe], drain(t, w)...)
+			for dev, threshold := range thresholds {
+				if a, err := w.Arm(dev, threshold); err != nil || a.Past {
+					t.Fatalf("%s: Arm(%s, %d) = %+v, %v", probe, dev, threshold, a, err)
+				}
+			}
+		}
+	}
+	arm(map[watch.Dev]uint64{l.dev: 16 * mib, pv: 0})
+	if err := l.write(0); err != nil { // below the LV's threshold; the PV's first write crosses
+		t.Fatal(err)
+	}
+	if _, err := unix.Pread(l.fd, l.buf, 32*mib); err != nil {
+		t.Fatal(err)
+	}
+	l.rangeIoctl(t, unix.BLKDISCARD, 32*mib, mib)
+	l.rangeIoctl(t, unix.BLKZEROOUT, 20*mib, mib) // crosses
+	arm(map[watch.Dev]uint64{l.dev: 24 * mib})
+	if err := unix.Fsync(l.fd); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.write(24*mib - 4096); err != nil { // crosses
+		t.Fatal(err)
+	}
+	arm(nil)
+
+	type seen struct {
+		Events []watch.Event
+		Bios   uint64
+		List   []watch.Arming
+	}
+	got := map[watch.Probe]seen{}
+	for probe, w := range watchers {
+		s := seen{}
+		for _, ev := range events[probe] {
+			ev.Cookie, ev.Queued, ev.Latency = 0, 0, 0 // each watcher's own
+			s.Events = append(s.Events, ev)
+		}
+		if len(s.Events) != 3 {
+			t.Errorf("%s: %d events, want 3 (the PV's first write, two on the LV): %+v", probe, len(s.Events), s.Events)
+		}
+		c, err := w.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Bios = c.Bios
+		if s.List, err = w.List(); err != nil {
+			t.Fatal(err)
+		}
+		for i := range s.List {
+			s.List[i].Cookie = 0
+		}
+		got[probe] = s
+	}
+	t.Logf("each saw %+v", got[watch.ProbeBTF])
+	if !reflect.DeepEqual(got[watch.ProbeBTF], got[watch.ProbeTracepoint]) {
+		t.Errorf("the probes disagree:\n%s: %+v\n%s: %+v", watch.ProbeBTF, got[watch.ProbeBTF], watch.ProbeTracepoint, got[watch.ProbeTracepoint])
+	}
+}
+
+// drain returns the events already in w's ring.
+func drain(t *testing.T, w *watch.Watcher) []watch.Event {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var evs []watch.Event
+	for {
+		ev, err := w.Read(ctx)
+		if errors.Is(err, context.Canceled) {
+			return evs
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs = append(evs, ev)
+	}
+}
+
+// rangeIoctl issues BLKDISCARD or BLKZEROOUT for [offset, offset+length) of the LV.
+func (l *lv) rangeIoctl(t *testing.T, req uint, offset, length uint64) {
+	t.Helper()
+	r := [2]uint64{offset, length}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(l.fd), uintptr(req), uintptr(unsafe.Pointer(&r[0]))); errno != 0 {
+		t.Fatalf("ioctl %#x on %s: %v", req, l.path, errno)
+	}
+}
+
 // The agent's loop on a real LV under a steady writer: arm half a chunk before
 // the end, extend the LV by a chunk with lvextend (a table reload: suspend,
 // resume) while armed and written, wait for the crossing, go on a chunk. Every
 // arming ends exactly once, in an event or in Arm's Past, with the LV's dev_t
 // and LV offsets, and the writer, held at the end at times, finishes.
-func TestLVExtendedUnderWrites(t *testing.T) {
+func TestLVExtendedUnderWrites(t *testing.T) { eachProbe(t, testLVExtendedUnderWrites) }
+
+func testLVExtendedUnderWrites(t *testing.T, probe watch.Probe) {
 	const chunk, final = 8 * mib, 64 * mib
-	w := openWatcher(t)
+	w := openWatcher(t, probe)
 	l := newLV(t, "16m")
 
 	writerDone := make(chan error, 1)
