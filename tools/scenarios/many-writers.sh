@@ -51,16 +51,18 @@ until [ "$(lvwatch status --json | grep -c '"state": "\(armed\|at-maximum\)"')" 
 	i=$((i + 1)); [ $i -le 600 ] || { lvwatch status; echo "the LVs were not all armed" >&2; exit 1; }
 	sleep 0.1
 done
-# Each writer at 8 MiB/s (-r), 64 MiB/s in all: under TCG emulation lvm runs
+# Each writer at 4 MiB/s (-r), 32 MiB/s in all: under TCG emulation lvm runs
 # some 30x slower than on a host while qemu-img's I/O does not, and unthrottled
 # writers would outrun, during the restart and 8 extends in a row, any trigger
-# that fits this guest's 4 GiB disk.
+# that fits this guest's 4 GiB disk. At 8 MiB/s a writer goes from its LV's
+# threshold to its end (128 MiB) in 16 s, and on a loaded machine the 8 extends
+# queued after the restart took longer than that.
 pids=""
 for lv in $lvs; do
-	qemu-img convert -r 8M -n -t none -O qcow2 /tmp/src.raw "/dev/$vg/$lv" 2>"/tmp/$lv.err" &
+	qemu-img convert -r 4M -n -t none -O qcow2 /tmp/src.raw "/dev/$vg/$lv" 2>"/tmp/$lv.err" &
 	pids="$pids $!"
 done
-qemu-img convert -r 8M -n -t none -O qcow2 /tmp/small.raw "/dev/$vg/$small" 2>"/tmp/$small.err" &
+qemu-img convert -r 4M -n -t none -O qcow2 /tmp/small.raw "/dev/$vg/$small" 2>"/tmp/$small.err" &
 pids="$pids $!"
 sleep 3
 kill -9 $agent
