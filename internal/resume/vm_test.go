@@ -32,8 +32,8 @@ func newDisk(t testing.TB, sizeMiB int64) *testvm.QCOW2Disk {
 	return testvm.NewQCOW2Disk(t, sizeMiB<<20, 1<<30)
 }
 
-// status asks the VM's monitor once.
-func status(t testing.TB, vm *testvm.VM) string {
+// ask connects to the VM's monitor for one question, and lets go of it.
+func ask[T any](t testing.TB, vm *testvm.VM, question func(*qmp.Conn, context.Context) (T, error)) T {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -42,11 +42,17 @@ func status(t testing.TB, vm *testvm.VM) string {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	st, err := c.QueryStatus(ctx)
+	answer, err := question(c, ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return st.Status
+	return answer
+}
+
+// status asks the VM's run state.
+func status(t testing.TB, vm *testvm.VM) string {
+	t.Helper()
+	return ask(t, vm, (*qmp.Conn).QueryStatus).Status
 }
 
 func waitStatus(t testing.TB, vm *testvm.VM, want string) {
@@ -229,19 +235,8 @@ func TestResumeLeavesOthers(t *testing.T) {
 // noSpaceDrives are the indexes of the VM's drives whose io-status is nospace.
 func noSpaceDrives(t testing.TB, vm *testvm.VM) []int {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := qmp.Dial(ctx, vm.QMP(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	blocks, err := c.QueryBlock(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var full []int
-	for i, b := range blocks {
+	for i, b := range ask(t, vm, (*qmp.Conn).QueryBlock) {
 		if b.IOStatus == qmp.IOStatusNoSpace {
 			full = append(full, i)
 		}
