@@ -40,10 +40,31 @@ func (p Probe) program() string {
 	return bpfProgLvwBioQueue
 }
 
-// attachProbe loads and attaches the program of the probe asked for; for
-// ProbeAuto, the BTF one unless the kernel has no BTF or it fails, then the
-// classic one, saying why.
+// attachProbe attaches the program of the probe asked for (for ProbeAuto, the
+// BTF one unless the kernel has no BTF or it fails, then the classic one,
+// saying why) and moves the link pin to it. The old link, if any, is detached
+// only once the new one is attached: for that instant both run (bios on watched
+// devices count twice), and the disarm in lvw_armed keeps it at one event per
+// crossing.
 func (w *Watcher) attachProbe(spec *ebpf.CollectionSpec, probe Probe) error {
+	if err := w.attachAny(spec, probe); err != nil {
+		return err
+	}
+	w.log.Info().Str("probe", string(w.probe)).Str("program", w.probe.program()).Str("pins", w.pinDir).Msg("watching block_bio_queue")
+	path := filepath.Join(w.pinDir, linkPin)
+	if err := w.dropPinnedLink(path); err != nil {
+		return err
+	}
+	if err := w.link.Pin(path); err != nil {
+		// Kernels before 5.15 attach tracepoints without a pinnable link: the
+		// program then stays attached only while this process runs.
+		w.log.Warn().Err(err).Str("path", path).Msg("cannot pin the tracepoint link; writes are unwatched while no agent runs")
+	}
+	return nil
+}
+
+// attachAny attaches probe's program, or for ProbeAuto the first that works.
+func (w *Watcher) attachAny(spec *ebpf.CollectionSpec, probe Probe) error {
 	if probe != ProbeAuto {
 		return w.attach(spec, probe)
 	}
@@ -62,10 +83,7 @@ func (w *Watcher) attachProbe(spec *ebpf.CollectionSpec, probe Probe) error {
 	return nil
 }
 
-// attach loads probe's program on the watcher's maps, attaches it and moves the
-// link pin to it. The old link, if any, is detached only once the new one is
-// attached: for that instant both run (bios on watched devices count twice),
-// and the disarm in lvw_armed keeps it at one event per crossing.
+// attach loads probe's program on the watcher's maps and attaches it.
 func (w *Watcher) attach(spec *ebpf.CollectionSpec, probe Probe) error {
 	if probe == ProbeTracepoint {
 		if err := checkTracepointFormat(); err != nil {
@@ -87,16 +105,6 @@ func (w *Watcher) attach(spec *ebpf.CollectionSpec, probe Probe) error {
 		return fmt.Errorf("attach %s to block_bio_queue: %w", probe, err)
 	}
 	w.objs.Prog, w.link, w.probe = prog, l, probe
-	w.log.Info().Str("probe", string(probe)).Str("program", probe.program()).Str("pins", w.pinDir).Msg("watching block_bio_queue")
-	path := filepath.Join(w.pinDir, linkPin)
-	if err := w.dropPinnedLink(path); err != nil {
-		return err
-	}
-	if err := l.Pin(path); err != nil {
-		// Kernels before 5.15 attach tracepoints without a pinnable link: the
-		// program then stays attached only while this process runs.
-		w.log.Warn().Err(err).Str("path", path).Msg("cannot pin the tracepoint link; writes are unwatched while no agent runs")
-	}
 	return nil
 }
 
@@ -137,8 +145,11 @@ func (w *Watcher) attachTracepoint(prog *ebpf.Program) (link.Link, error) {
 	}
 	defer unix.Close(fd) // the link holds the event
 	l, err := link.AttachRawLink(link.RawLinkOptions{Target: fd, Program: prog, Attach: ebpf.AttachPerfEvent})
-	if err == nil {
+	switch {
+	case err == nil:
 		return l, nil
+	case !errors.Is(err, link.ErrNotSupported) && !errors.Is(err, unix.EINVAL):
+		return nil, err
 	}
 	w.log.Warn().Err(err).Msg("no perf link for the tracepoint program (before Linux 5.15): attaching it to an enabled perf event, which every bio's record also reaches")
 	return link.Tracepoint("block", "block_bio_queue", prog, nil)
