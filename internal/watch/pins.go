@@ -108,7 +108,7 @@ func InspectPins(dir string, holders Holders) (Pins, error) {
 			if p.Link, err = inspectLink(path); err != nil {
 				return p, err
 			}
-		case slices.Contains(mapNames, e.Name()):
+		case strings.HasPrefix(e.Name(), "lvw_"): // the maps: BPF objects are named lvw_*
 			m, count, err := inspectMap(path, e.Name())
 			if err != nil {
 				return p, err
@@ -126,9 +126,6 @@ func InspectPins(dir string, holders Holders) (Pins, error) {
 	}
 	return p, nil
 }
-
-// mapNames are the maps the watcher pins.
-var mapNames = []string{bpfMapLvwWatch, bpfMapLvwArmed, bpfMapLvwHigh, bpfMapLvwEvents, bpfMapLvwStats, bpfMapLvwGate}
 
 func inspectLink(path string) (*PinnedLink, error) {
 	l, err := link.LoadPinnedLink(path, nil)

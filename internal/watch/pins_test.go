@@ -24,8 +24,8 @@ func testDevicePinsInspectAndRemove(t *testing.T, probe Probe) {
 	r.write(otherDev, 100, 8) // fires: still in lvw_watch, no longer armed
 
 	p := inspect(t, dir)
-	if !p.Locked || p.Armings != 2 || p.Armed != 1 || len(p.Maps) != len(mapNames) || len(p.Other) != 0 {
-		t.Errorf("pins of a live watcher: %+v, want locked, 2 armings, 1 armed, %d maps", p, len(mapNames))
+	if !p.Locked || p.Armings != 2 || p.Armed != 1 || len(p.Maps) != len(w.objs.byName()) || len(p.Other) != 0 {
+		t.Errorf("pins of a live watcher: %+v, want locked, 2 armings, 1 armed, %d maps", p, len(w.objs.byName()))
 	}
 	wantProgram := map[Probe]string{ProbeBTF: bpfProgLvwBioBtf, ProbeTracepoint: bpfProgLvwBioQueue}[probe]
 	if l := p.Link; l == nil || l.Probe != probe || l.Program != wantProgram || l.Tracepoint != "block_bio_queue" {

@@ -337,7 +337,7 @@ func (w *Watcher) closeLocked(unpin bool) error {
 		if w.link != nil {
 			errs = append(errs, w.link.Unpin())
 		}
-		for _, m := range w.objs.maps() {
+		for _, m := range w.objs.byName() {
 			if m != nil {
 				errs = append(errs, m.Unpin())
 			}
@@ -360,13 +360,8 @@ func (w *Watcher) closeLocked(unpin bool) error {
 	return errors.Join(errs...)
 }
 
-// maps lists every map, for unpinning.
-func (o *objects) maps() []*ebpf.Map {
-	m := &o.bpfMaps
-	return []*ebpf.Map{m.LvwWatch, m.LvwArmed, m.LvwHigh, m.LvwEvents, m.LvwStats, m.LvwGate}
-}
-
-// byName maps each map's name in bpf/lvwatch.c to it, for loading a program on them.
+// byName maps each map's name in bpf/lvwatch.c to it: every map, for unpinning and for
+// loading a program on them.
 func (o *objects) byName() map[string]*ebpf.Map {
 	m := &o.bpfMaps
 	return map[string]*ebpf.Map{
