@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -117,7 +118,7 @@ func printDoctor(w io.Writer, report doctorReport) error {
 		for _, m := range p.Maps {
 			maps = append(maps, fmt.Sprintf("%s (%s, id %d)", m.Name, m.Type, m.ID))
 		}
-		fmt.Fprintf(&b, "  maps     %s\n", strings.Join(maps, ", "))
+		fmt.Fprintf(&b, "  maps     %s\n", cmp.Or(strings.Join(maps, ", "), "none"))
 		if len(p.Other) > 0 {
 			fmt.Fprintf(&b, "  other    %s\n", strings.Join(p.Other, ", "))
 		}
