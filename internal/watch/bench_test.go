@@ -126,9 +126,9 @@ func progStats(b *testing.B, p *ebpf.Program) *ebpf.ProgramStats {
 // short blocks under one profile, each sample going to the block it fell in,
 // and a change of load falls on all modes alike. prog-ns/bio is the program's
 // own run time from the kernel's BPF statistics, in passes after the profile:
-// enabling them adds two clock reads to every run. b.N is the writes per mode;
-// run with -benchtime 100000x or more: at about one sample per write, fewer
-// give few samples in the probes.
+// enabling them adds two clock reads to every run. b.N is the writes per mode,
+// 50000 at least: at about one sample per write, fewer give few samples in the
+// probes; -benchtime 100000x gives steadier figures.
 func BenchmarkProbeCost(b *testing.B) {
 	requireProbe(b, ProbeBTF)
 	if _, err := exec.LookPath("perf"); err != nil {
@@ -173,7 +173,11 @@ func BenchmarkProbeCost(b *testing.B) {
 		}
 	}
 
-	const blocks = 40
+	// b.N writes per mode, but never so few that the probes get no samples
+	// (the default benchtime stops at b.N = 1, as one run takes seconds), in
+	// blocks of 2500 or more.
+	perMode := max(b.N, 50_000)
+	blocks := min(40, perMode/2500)
 	modes := []string{"none", string(ProbeTracepoint), string(ProbeBTF), "empty"}
 	type window struct {
 		mode     string
@@ -184,7 +188,7 @@ func BenchmarkProbeCost(b *testing.B) {
 	p := startThreadProfile(b, unix.Gettid())
 	p.command(b, "enable")
 	for block := range blocks {
-		n := b.N*(block+1)/blocks - b.N*block/blocks
+		n := perMode*(block+1)/blocks - perMode*block/blocks
 		for i := range modes {
 			mode := modes[(i+block)%len(modes)]
 			attached(mode, func(*ebpf.Program) {
@@ -216,15 +220,15 @@ func BenchmarkProbeCost(b *testing.B) {
 			}
 			defer stats.Close()
 			before := progStats(b, prog)
-			writes(b.N)
+			writes(perMode)
 			after := progStats(b, prog)
 			runTime[mode], runs[mode] = after.Runtime-before.Runtime, after.RunCount-before.RunCount
 		})
 	}
 	b.StopTimer()
-	hostNs := func(mode string) float64 { return float64(probeSamples[mode]) * profilePeriod / float64(b.N) }
+	hostNs := func(mode string) float64 { return float64(probeSamples[mode]) * profilePeriod / float64(perMode) }
 	for _, mode := range modes {
-		b.Logf("%s: %d of %d samples in the probes, %d writes", mode, probeSamples[mode], samples[mode], b.N)
+		b.Logf("%s: %d of %d samples in the probes, %d writes", mode, probeSamples[mode], samples[mode], perMode)
 		b.ReportMetric(hostNs(mode), mode+"-host-ns/bio")
 		if runs[mode] > 0 {
 			b.ReportMetric(float64(runTime[mode])/float64(runs[mode]), mode+"-prog-ns/bio")

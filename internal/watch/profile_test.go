@@ -64,7 +64,7 @@ func startThreadProfile(b *testing.B, tid int) *threadProfile {
 		b.Fatal(err)
 	}
 	p := &threadProfile{out: filepath.Join(b.TempDir(), "perf.data"), ctl: ctlWrite, ack: ackRead}
-	p.cmd = exec.Command("perf", "record", "-q", "-e", "cpu-clock", "-c", fmt.Sprint(profilePeriod), "-g",
+	p.cmd = exec.Command("perf", "record", "-q", "-e", "cpu-clock", "-c", fmt.Sprint(profilePeriod), "-g", "--kernel-callchains",
 		"-t", fmt.Sprint(tid), "-k", "CLOCK_MONOTONIC", "-m", "16M", "-o", p.out, "-D", "-1", "--control", "fd:3,4")
 	p.cmd.ExtraFiles = []*os.File{ctlRead, ackWrite} // fds 3 and 4
 	p.cmd.Stderr = &p.stderr
