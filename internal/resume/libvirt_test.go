@@ -3,6 +3,7 @@ package resume_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -44,20 +45,34 @@ func startLibvirt(t *testing.T) string {
 	}
 	// The qemu driver logs its VMs' output through virtlogd: one runs already, or this one.
 	exec.Command("virtlogd", "-d").Run()
-	daemon := exec.Command("libvirtd", "-f", conf)
+	// Its own pid file: the default one, /run/libvirtd.pid, may be a running libvirtd's.
+	daemon := exec.Command("libvirtd", "-f", conf, "-p", filepath.Join(dir, "libvirtd.pid"))
 	var log testutil.LogBuffer
 	daemon.Stdout, daemon.Stderr = &log, &log
 	if err := daemon.Start(); err != nil {
 		t.Fatalf("libvirtd: %v", err)
 	}
+	exited := make(chan struct{})
+	go func() { daemon.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		daemon.Process.Signal(os.Interrupt)
-		daemon.Wait()
+		<-exited
 	})
+	// The socket's file exists from its bind, before libvirtd listens: wait
+	// for a connection to be taken.
 	sock := filepath.Join(dir, "libvirt-sock")
-	testutil.WaitFor(t, time.Minute, "libvirtd's socket\n"+log.String(), func() bool {
-		_, err := os.Stat(sock)
-		return err == nil
+	testutil.WaitFor(t, time.Minute, "libvirtd to take connections on "+sock, func() bool {
+		select {
+		case <-exited:
+			t.Fatalf("libvirtd exited (%v):\n%s", daemon.ProcessState, log.String())
+		default:
+		}
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
 	})
 	return "qemu:///system?socket=" + url.QueryEscape(sock)
 }
