@@ -265,11 +265,7 @@ func (v *volume) arm(sz uint64) (past bool, err error) {
 // extend grows the volume from sz by one chunk: the request through the mailbox,
 // the refresh of its table, the check of its real size, the re-arm.
 func (v *volume) extend(ctx context.Context, sz uint64, crossed time.Time) (again bool, err error) {
-	// A VM may be paused on it: it was at its maximum (and the image grew), it
-	// waited for the SPM, writes had reached its end, or a VM said so. The VMs
-	// are looked at once its new table is live.
-	st := v.status()
-	late := st.State == StateAtMaximum || st.High+lateMargin >= sz
+	wasAtMax := v.status().State == StateAtMaximum
 	v.state(StateExtending, nil)
 	want := v.d.Policy.next(sz, v.max)
 	ph := Phases{From: sz, To: want, Detect: time.Since(crossed)}
@@ -303,7 +299,11 @@ func (v *volume) extend(ctx context.Context, sz uint64, crossed time.Time) (agai
 	ph.Rearm = time.Since(t2)
 	ph.To = res.NewSize
 	ph.Total = time.Since(crossed)
-	if waited || late || v.a.resumer.waitsOn(v.dev) {
+	// A VM may be paused on it, and is looked at now that its new table is
+	// live, if the LV was at its maximum (and the image grew), the request
+	// waited or was slow, writes came close to its old end (High counts those
+	// made during the extension too), or a VM said so.
+	if wasAtMax || waited || ph.Request >= slowRequest || v.status().High+lateMargin >= sz || v.a.resumer.waitsOn(v.dev) {
 		v.a.resumer.check(v.dev, t2)
 	}
 	v.set(func(st *VolumeStatus) { st.Extensions++; st.Size = res.NewSize; st.Last = &ph })
@@ -351,3 +351,8 @@ func (v *volume) request(ctx context.Context, want uint64) (waited bool, err err
 // lateMargin: writes that came this close to an LV's end may have gone past it
 // (a write past the end never reaches the block layer, so it is never seen).
 const lateMargin = 1 << 20
+
+// slowRequest: in a request this long a VM can have filled the rest of its LV
+// with writes too big to come within lateMargin of the end (qcow2 allocates
+// clusters, a guest writes megabytes at once).
+const slowRequest = time.Second
