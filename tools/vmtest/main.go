@@ -32,6 +32,11 @@
 // is the first non-zero one in the order the guests stopped, else 0. The
 // Makefile passes a scenario's "# vmtest: FLAGS" line to vmtest.
 //
+// With -qemu (and -script) the guest can run a VM of its own, under TCG:
+// it also has qemu-system-x86_64 with its libraries, the firmware and TCG
+// module internal/testvm's machines load, tools/testvm and the testvm kit in
+// /vmtest/kit (LVWATCH_TESTVM_KIT), and 2048 MiB of memory.
+//
 // The same program is the guest's /init: run as PID 1 it runs the plan it
 // finds in the initramfs and powers off.
 package main
