@@ -29,24 +29,40 @@ type resumer struct {
 	mu      sync.Mutex
 	due     map[watch.Dev]time.Time // devices to look at, and when their new table went live
 	waiting []resume.Outcome        // the VMs the last looks left paused for want of space
+	again   map[watch.Dev]time.Time // the devices of looks that could not ask every VM, for the next try
+	retry   backoff.Backoff         // when that try comes
 }
+
+// A look that could not ask every VM (its monitor busy: Proxmox's qm holds a
+// VM's socket while a command runs; libvirtd restarting) is made again for the
+// same devices after 5 s, doubling up to 5 min while such looks fail.
+const (
+	minRelook = 5 * time.Second
+	maxRelook = 5 * time.Minute
+)
 
 func newResumer(a *Agent, sources []resume.Source) *resumer {
 	return &resumer{a: a, sources: sources, log: a.cfg.Log.With().Str("component", "resume").Logger(),
-		wake: make(chan struct{}, 1), due: map[watch.Dev]time.Time{}}
+		wake: make(chan struct{}, 1), due: map[watch.Dev]time.Time{}, retry: backoff.New(minRelook, maxRelook)}
 }
 
 // check asks for a look at the VMs using dev, whose new table went live at live
 // (the zero time: not grown, just look).
 func (r *resumer) check(dev watch.Dev, live time.Time) {
 	r.mu.Lock()
-	if t, ok := r.due[dev]; !ok || t.IsZero() {
-		r.due[dev] = live
-	}
+	addDue(r.due, dev, live)
 	r.mu.Unlock()
 	select {
 	case r.wake <- struct{}{}:
 	default:
+	}
+}
+
+// addDue adds dev to the devices to look at, keeping the time its new table
+// went live if an earlier request said so.
+func addDue(due map[watch.Dev]time.Time, dev watch.Dev, live time.Time) {
+	if t, ok := due[dev]; !ok || t.IsZero() {
+		due[dev] = live
 	}
 }
 
@@ -160,12 +176,43 @@ func (r *resumer) look(ctx context.Context, due map[watch.Dev]time.Time) {
 	}
 	r.waiting = slices.DeleteFunc(r.waiting, func(old resume.Outcome) bool { return stale(old, outcomes) })
 	r.waiting = append(r.waiting, waiting...)
+	if slices.ContainsFunc(outcomes, func(o resume.Outcome) bool { return o.Action == resume.Failed }) {
+		r.relookLocked(due)
+	} else {
+		r.retry.Reset()
+	}
 	r.mu.Unlock()
 	for _, o := range waiting {
 		for _, d := range o.Waiting {
 			r.a.urgent(d.Dev, o.VM, start)
 		}
 	}
+}
+
+// relookLocked makes due looked at again after the backoff; looks failing while
+// one such try is pending add their devices to it.
+func (r *resumer) relookLocked(due map[watch.Dev]time.Time) {
+	pending := r.again != nil
+	if !pending {
+		r.again = map[watch.Dev]time.Time{}
+	}
+	for dev, live := range due {
+		addDue(r.again, dev, live)
+	}
+	if pending {
+		return
+	}
+	wait := r.retry.Next()
+	r.log.Debug().Dur("after", wait).Msg("not every VM could be asked: looking again")
+	time.AfterFunc(wait, func() {
+		r.mu.Lock()
+		again := r.again
+		r.again = nil
+		r.mu.Unlock()
+		for dev, live := range again {
+			r.check(dev, live)
+		}
+	})
 }
 
 // grownAt is when the first new table of a resumed VM's drives went live, or

@@ -1,9 +1,18 @@
 package agent
 
 import (
+	"context"
+	"errors"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/rs/zerolog"
+
+	"github.com/lvwatch/lvwatch/internal/backoff"
 	"github.com/lvwatch/lvwatch/internal/resume"
+	"github.com/lvwatch/lvwatch/internal/testutil"
+	"github.com/lvwatch/lvwatch/internal/watch"
 )
 
 func TestStale(t *testing.T) {
@@ -26,5 +35,55 @@ func TestStale(t *testing.T) {
 		if got := stale(old, tc.outcomes); got != tc.want {
 			t.Errorf("%s: stale = %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// flakySource fails to list its VMs the first fails times it is asked.
+type flakySource struct {
+	mu     sync.Mutex
+	fails  int
+	visits int
+}
+
+func (s *flakySource) String() string { return "flaky" }
+
+func (s *flakySource) Visit(context.Context, func(resume.Machine)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.visits++
+	if s.visits <= s.fails {
+		return errors.New("the monitor is busy")
+	}
+	return nil
+}
+
+func (s *flakySource) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.visits
+}
+
+// A look that could not ask every VM is made again until one can; then no more.
+func TestRelookAfterFailure(t *testing.T) {
+	a := &Agent{cfg: Config{Log: zerolog.Nop()}, vols: map[watch.Dev]*volume{}}
+	a.metrics = newMetrics(a)
+	src := &flakySource{fails: 2}
+	r := newResumer(a, []resume.Source{src})
+	r.retry = backoff.New(time.Millisecond, 4*time.Millisecond)
+	a.resumer = r
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.run(ctx)
+
+	r.check(watch.Dev{Major: 7, Minor: 1}, time.Time{})
+	testutil.WaitFor(t, 10*time.Second, "the looks until one succeeds", func() bool { return src.count() >= 3 })
+	time.Sleep(50 * time.Millisecond) // more than the backoff's longest wait
+	if n := src.count(); n != 3 {
+		t.Errorf("%d looks for two failures: want 3, none after the one that succeeded", n)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if wait := r.retry.Current(); wait != 0 {
+		t.Errorf("the backoff stays at %v after a look that succeeded", wait)
 	}
 }
