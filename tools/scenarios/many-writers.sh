@@ -5,40 +5,30 @@
 # maximum size (virtual size × 1.1) and stops there, a raw LV and the domain's
 # special LVs, which are never touched.
 set -eu
+. "${0%/*}/lib/domain.sh"
 disk=${LVWATCH_SCRATCH_DISKS%% *}
-vg=$(cat /proc/sys/kernel/random/uuid)
 log=/tmp/agent.log
 fail() { echo "FAIL: $*" >&2; status=1; }
 status=0
 size_of() { blockdev --getsize64 "/dev/$vg/$1"; }
 
-pvcreate -q "$disk"
-vgcreate -q -s 1m "$vg" "$disk"
-for mb in inbox outbox; do lvcreate -q -Zn -Wn -L 8m -n "$mb" "$vg"; done
-lvwatch mailbox init --inbox "/dev/$vg/inbox" --outbox "/dev/$vg/outbox"
+new_domain "$disk"
 lvs=""
 for i in 1 2 3 4 5 6 7 8; do
-	lv=$(cat /proc/sys/kernel/random/uuid)
-	lvcreate -q -Zn -Wn -L 32m -n "$lv" "$vg"
-	qemu-img create -q -f qcow2 "/dev/$vg/$lv" 1G
+	lv=$(uuid)
+	new_image "$lv" 32m 1G
 	lvs="$lvs $lv"
 done
-small=$(cat /proc/sys/kernel/random/uuid)   # 128 MiB virtual: at most 141 MiB
-lvcreate -q -Zn -Wn -L 32m -n "$small" "$vg"
-qemu-img create -q -f qcow2 "/dev/$vg/$small" 128M
-raw=$(cat /proc/sys/kernel/random/uuid)
+small=$(uuid) # 128 MiB virtual: at most 141 MiB
+new_image "$small" 32m 128M
+raw=$(uuid)
 lvcreate -q -Zn -Wn -L 32m -n "$raw" "$vg"
 dd if=/dev/urandom of="/dev/$vg/$raw" bs=1M count=32 oflag=direct 2>/dev/null
 
 start_agent() {
 	lvwatch agent --domain "$vg" --host-id 1 --spm --chunk 128MiB --trigger 128MiB 2>>"$log" &
 	agent=$!
-	i=0
-	until [ "$(grep -c '"agent watching"' "$log")" -ge "$1" ]; do
-		i=$((i + 1))
-		if [ $i -gt 300 ] || ! kill -0 $agent 2>/dev/null; then cat "$log"; echo "the agent did not start" >&2; exit 1; fi
-		sleep 0.1
-	done
+	logged $agent '"agent watching"' "$1"
 }
 start_agent 1
 

@@ -11,6 +11,7 @@
 # coordinate on the second disk alone, a flag board: "READY VG LV", then "DONE".
 # Usage: sh two-hosts.sh [SOURCE_MiB]
 set -eu
+. "${0%/*}/lib/domain.sh"
 src_mib=${1:-320}
 guest=${LVWATCH_GUEST:-}
 if [ -z "$guest" ]; then echo "two-hosts.sh needs two guests: tools/vmtest -guests 2 -script $0" >&2; exit 2; fi
@@ -34,25 +35,11 @@ await() {
 		sleep 0.2
 	done
 }
-# started waits until $2 (a pid) logs $1 in $log.
-started() {
-	i=0
-	until grep -q "$1" "$log"; do
-		i=$((i + 1))
-		if [ $i -gt 300 ] || ! kill -0 "$2" 2>/dev/null; then cat "$log"; echo "guest $guest: no $1 logged" >&2; exit 1; fi
-		sleep 0.1
-	done
-}
 
 if [ "$guest" = 1 ]; then
-	vg=$(cat /proc/sys/kernel/random/uuid)
-	lv=$(cat /proc/sys/kernel/random/uuid)
-	pvcreate -q "$disk"
-	vgcreate -q -s 1m "$vg" "$disk"
-	for mb in inbox outbox; do lvcreate -q -Zn -Wn -L 8m -n "$mb" "$vg"; done
-	lvwatch mailbox init --inbox "/dev/$vg/inbox" --outbox "/dev/$vg/outbox"
-	lvcreate -q -Zn -Wn -L 64m -n "$lv" "$vg"
-	qemu-img create -q -f qcow2 "/dev/$vg/$lv" 1G
+	lv=$(uuid)
+	new_domain "$disk"
+	new_image "$lv" 64m 1G
 	# The VM runs on host 2: here the SPM changes the LV's metadata only.
 	lvchange -q -an "$vg/$lv"
 	lvwatch spm --domain "$vg" 2>"$log" &
@@ -81,23 +68,10 @@ status=0
 lvchange -q -ay "$vg/inbox" "$vg/outbox" "$vg/$lv"
 lvwatch agent --domain "$vg" --host-id 2 --chunk 128MiB --trigger 128MiB 2>"$log" &
 agent=$!
-started '"agent watching"' $agent
+logged $agent '"agent watching"'
 
-dd if=/dev/urandom of=/tmp/src.raw bs=1M count="$src_mib" 2>/dev/null
-start=$(date +%s)
-qemu-img convert -n -t none -O qcow2 /tmp/src.raw "/dev/$vg/$lv" || status=$?
-echo "qemu-img convert of ${src_mib} MiB: exit $status in $(( $(date +%s) - start )) s"
-qemu-img check -q "/dev/$vg/$lv" && echo "qemu-img check: clean" || status=1
-qemu-img compare -q /tmp/src.raw "/dev/$vg/$lv" && echo "qemu-img compare: equal to the source" || status=1
-
-lvwatch status
-kill $agent
-wait $agent || true
-grep '"LV extended"' "$log" | sed 's/.*"from":"\([^"]*\)","to":"\([^"]*\)",\(.*\),"past_again.*/extended \1 -> \2: \3/'
-n=$(grep -c '"LV extended"' "$log" || true)
-echo "extensions: $n, final size: $(blockdev --getsize64 "/dev/$vg/$lv") bytes"
-[ "$n" -gt 0 ] || { echo "no extension" >&2; status=1; }
-if grep -q '"level":"error"' "$log"; then grep '"level":"error"' "$log"; status=1; fi
+convert_checked "$src_mib"
+stop_agent
 vgchange -q -an "$vg" >/dev/null
 post DONE
 exit $status

@@ -8,11 +8,11 @@
 # finishes with every drive's data read back intact.
 # Usage: sh vm-resume.sh [DATA_MiB]   (scratch disks: the VG's, then the new PV)
 set -eu
+. "${0%/*}/lib/domain.sh"
 data_mib=${1:-96}
 set -- $LVWATCH_SCRATCH_DISKS
 disk=$1 newpv=$2
-vg=$(cat /proc/sys/kernel/random/uuid)
-lv=$(cat /proc/sys/kernel/random/uuid)
+lv=$(uuid)
 log=/tmp/agent.log out=/tmp/testvm.out console=/tmp/console.log
 mkdir -p /run/vms
 qmp=/run/vms/testvm.qmp
@@ -36,12 +36,8 @@ wait_for() {
 }
 
 # A VG with a 64 MiB LV holding a 1 GiB qcow2 image, and less free space than one chunk.
-pvcreate -q "$disk"
-vgcreate -q -s 1m "$vg" "$disk"
-for mb in inbox outbox; do lvcreate -q -Zn -Wn -L 8m -n "$mb" "$vg"; done
-lvwatch mailbox init --inbox "/dev/$vg/inbox" --outbox "/dev/$vg/outbox"
-lvcreate -q -Zn -Wn -L 64m -n "$lv" "$vg"
-qemu-img create -q -f qcow2 "/dev/$vg/$lv" 1G
+new_domain "$disk"
+new_image "$lv" 64m 1G
 free=$(vgs --noheadings -o vg_free_count "$vg" | tr -d ' ')
 lvcreate -q -Zn -Wn -l $((free - 16)) -n filler "$vg"
 echo "VG $vg: $(vgs --noheadings --units m -o vg_free "$vg" | tr -d ' ') free, LV $lv of 64 MiB; the VM writes ${data_mib} MiB"

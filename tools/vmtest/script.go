@@ -22,7 +22,9 @@ import (
 // -script: boot the guest, run a shell script in it as root, exit with its
 // exit code. The guest has the tests' kernel, modules, lvm2 and busybox, plus
 // lvwatch (built here), qemu-img and qemu-io, what a booted system mounts
-// (bpffs, tracefs, /dev/shm, /dev/pts) and the scratch disks.
+// (bpffs, tracefs, /dev/shm, /dev/pts) and the scratch disks. A lib/ directory
+// beside the script goes with it, for the shell functions scripts share
+// (`. "${0%/*}/lib/FILE"`).
 
 // The guest's layout for a script, besides guestBinDir.
 const (
@@ -115,6 +117,11 @@ func runScriptHost(ctx context.Context, o options) (int, error) {
 		p.Script.Path:                         scriptFile,
 		"/etc/passwd":                         filepath.Join(etc, "passwd"),
 		"/etc/group":                          filepath.Join(etc, "group"),
+	}
+	// The shell functions the scripts beside it share, sourced from lib/.
+	lib := filepath.Join(filepath.Dir(scriptFile), "lib")
+	if st, err := os.Stat(lib); err == nil && st.IsDir() {
+		hostPaths[filepath.Join(guestScriptDir, "lib")] = lib
 	}
 	if o.qemu {
 		if err := addNestedVM(o, moduleDir, binDir, p, hostPaths); err != nil {
