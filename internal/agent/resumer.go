@@ -31,6 +31,8 @@ type resumer struct {
 	waiting []resume.Outcome        // the VMs the last looks left paused for want of space
 	again   map[watch.Dev]time.Time // the devices of looks that could not ask every VM, for the next try
 	retry   backoff.Backoff         // when that try comes
+
+	sweepEvery time.Duration
 }
 
 // A look that could not ask every VM (its monitor busy: Proxmox's qm holds a
@@ -43,7 +45,8 @@ const (
 
 func newResumer(a *Agent, sources []resume.Source) *resumer {
 	return &resumer{a: a, sources: sources, log: a.cfg.Log.With().Str("component", "resume").Logger(),
-		wake: make(chan struct{}, 1), due: map[watch.Dev]time.Time{}, retry: backoff.New(minRelook, maxRelook)}
+		wake: make(chan struct{}, 1), due: map[watch.Dev]time.Time{}, retry: backoff.New(minRelook, maxRelook),
+		sweepEvery: defaultSweepEvery}
 }
 
 // check asks for a look at the VMs using dev, whose new table went live at live
@@ -94,19 +97,44 @@ func (r *resumer) run(ctx context.Context) {
 			wg.Go(func() { r.follow(ctx, w) })
 		}
 	}
+	var sweep <-chan time.Time
+	if slices.ContainsFunc(r.sources, func(src resume.Source) bool { _, ok := src.(resume.PauseWatcher); return !ok }) {
+		t := time.NewTicker(r.sweepEvery)
+		defer t.Stop()
+		sweep = t.C
+	}
 	for {
+		swept := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-r.wake:
+		case <-sweep:
+			swept = true
 		}
 		r.mu.Lock()
-		due := r.due
+		due, asked := r.due, len(r.due) > 0
 		r.due = map[watch.Dev]time.Time{}
 		r.mu.Unlock()
-		r.look(ctx, due)
+		if swept {
+			r.a.mu.Lock()
+			for dev := range r.a.vols {
+				addDue(due, dev, time.Time{})
+			}
+			r.a.mu.Unlock()
+		}
+		if len(due) > 0 {
+			r.look(ctx, due, swept && !asked) // a look asked for logs all it sees
+		}
 	}
 }
+
+// defaultSweepEvery: where a source tells of no pauses (QMP sockets, which are never
+// held open), the VMs of every watched LV are looked at this often, for a VM
+// that ran out of space with no crossing seen (a write that jumped past the
+// threshold, a lost event), whose LV the look then extends at once. A sweep
+// logs only what it changes: the VMs it resumes, those it cannot reach.
+const defaultSweepEvery = time.Minute
 
 // Watches of a VM manager's pauses are set up again after 1 s, doubling up to
 // 30 s: a libvirtd restarted, or started after the agent.
@@ -154,11 +182,16 @@ func (r *resumer) follow(ctx context.Context, w resume.PauseWatcher) {
 	}
 }
 
-// look runs one pass over the VMs using the due devices.
-func (r *resumer) look(ctx context.Context, due map[watch.Dev]time.Time) {
+// look runs one pass over the VMs using the due devices; a sweep's logs only
+// what it resumed or could not reach.
+func (r *resumer) look(ctx context.Context, due map[watch.Dev]time.Time, sweep bool) {
 	start := time.Now()
 	devs := slices.Collect(maps.Keys(due))
-	outcomes := resume.Run(ctx, r.sources, devs, r.a.roomFor(due), r.log)
+	log := r.log
+	if sweep {
+		log = r.log.Level(zerolog.WarnLevel)
+	}
+	outcomes := resume.Run(ctx, r.sources, devs, r.a.roomFor(due), log)
 	var waiting []resume.Outcome
 	r.mu.Lock()
 	for _, o := range outcomes {
@@ -167,6 +200,9 @@ func (r *resumer) look(ctx context.Context, due map[watch.Dev]time.Time) {
 		}
 		switch {
 		case o.Action == resume.Resumed:
+			if sweep {
+				resume.LogOutcome(r.log, o)
+			}
 			r.a.metrics.resumed(o.At.Sub(grownAt(o, due)), !grownAt(o, due).IsZero())
 		case o.Action == resume.Failed && o.VM != "":
 			r.a.metrics.resumeFailed()

@@ -38,7 +38,8 @@ func TestStale(t *testing.T) {
 	}
 }
 
-// flakySource fails to list its VMs the first fails times it is asked.
+// flakySource fails to list its VMs the first fails times it is asked, and
+// lists none after.
 type flakySource struct {
 	mu     sync.Mutex
 	fails  int
@@ -85,5 +86,49 @@ func TestRelookAfterFailure(t *testing.T) {
 	defer r.mu.Unlock()
 	if wait := r.retry.Current(); wait != 0 {
 		t.Errorf("the backoff stays at %v after a look that succeeded", wait)
+	}
+}
+
+// watchingSource tells of pauses as they happen.
+type watchingSource struct{ flakySource }
+
+func (s *watchingSource) WatchPauses(ctx context.Context, fn func(string)) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// With a source that tells of no pauses (QMP), the VMs of the watched LVs are
+// looked at every sweepEvery, asked or not; a source that tells of pauses
+// (libvirt) alone is not swept.
+func TestSweep(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		src  interface {
+			resume.Source
+			count() int
+		}
+		swept bool
+	}{
+		{"qmp", &flakySource{}, true},
+		{"libvirt", &watchingSource{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := &Agent{cfg: Config{Log: zerolog.Nop()}, vols: map[watch.Dev]*volume{{Major: 253, Minor: 4}: {}}}
+			a.metrics = newMetrics(a)
+			r := newResumer(a, []resume.Source{tc.src})
+			r.sweepEvery = time.Millisecond
+			a.resumer = r
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go r.run(ctx)
+			if tc.swept {
+				testutil.WaitFor(t, 10*time.Second, "three sweeps", func() bool { return tc.src.count() >= 3 })
+				return
+			}
+			time.Sleep(50 * time.Millisecond) // fifty sweeps' time
+			if n := tc.src.count(); n != 0 {
+				t.Errorf("%d looks with no sweep and none asked for", n)
+			}
+		})
 	}
 }

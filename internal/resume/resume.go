@@ -125,7 +125,7 @@ func Run(ctx context.Context, sources []Source, devs []watch.Dev, room Room, log
 		err := src.Visit(ctx, func(m Machine) {
 			o := visit(ctx, m, devs, room)
 			o.Source = src.String()
-			logOutcome(log, o)
+			LogOutcome(log, o)
 			out = append(out, o)
 		})
 		if err != nil {
@@ -215,7 +215,10 @@ func noRoom(d Drive, room Room, sizeOf func(string) (uint64, error)) string {
 	return ""
 }
 
-func logOutcome(log zerolog.Logger, o Outcome) {
+// LogOutcome logs what Run did with a VM: a resume at info level, a failure at
+// warning level, a VM left paused on an I/O error at info level, the rest at
+// debug level.
+func LogOutcome(log zerolog.Logger, o Outcome) {
 	var ev *zerolog.Event
 	var msg string
 	switch {
