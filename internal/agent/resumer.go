@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,9 +30,10 @@ type resumer struct {
 	mu      sync.Mutex
 	due     map[watch.Dev]time.Time // devices to look at, and when their new table went live
 	waiting []resume.Outcome        // the VMs the last looks left paused for want of space
-	again   map[watch.Dev]time.Time // the devices of looks that could not ask every VM, for the next try
-	retry   backoff.Backoff         // when that try comes
 
+	// Only run's goroutine uses these.
+	retry      backoff.Backoff   // the wait before a look that could not ask every VM is made again
+	said       map[string]string // what the looks said last of each VM (vmKey): its action and why
 	sweepEvery time.Duration
 }
 
@@ -43,10 +45,16 @@ const (
 	maxRelook = 5 * time.Minute
 )
 
+// defaultSweepEvery: where a source tells of no pauses (QMP sockets, which are
+// never held open), its VMs are looked at this often for every watched LV, for
+// a VM that ran out of space with no crossing seen (a write that jumped past
+// the threshold, a lost event): the look then extends its LV at once.
+const defaultSweepEvery = time.Minute
+
 func newResumer(a *Agent, sources []resume.Source) *resumer {
 	return &resumer{a: a, sources: sources, log: a.cfg.Log.With().Str("component", "resume").Logger(),
 		wake: make(chan struct{}, 1), due: map[watch.Dev]time.Time{}, retry: backoff.New(minRelook, maxRelook),
-		sweepEvery: defaultSweepEvery}
+		said: map[string]string{}, sweepEvery: defaultSweepEvery}
 }
 
 // check asks for a look at the VMs using dev, whose new table went live at live
@@ -97,44 +105,69 @@ func (r *resumer) run(ctx context.Context) {
 			wg.Go(func() { r.follow(ctx, w) })
 		}
 	}
+	silent := slices.DeleteFunc(slices.Clone(r.sources), func(src resume.Source) bool {
+		_, ok := src.(resume.PauseWatcher)
+		return ok
+	})
 	var sweep <-chan time.Time
-	if slices.ContainsFunc(r.sources, func(src resume.Source) bool { _, ok := src.(resume.PauseWatcher); return !ok }) {
+	if len(silent) > 0 {
 		t := time.NewTicker(r.sweepEvery)
 		defer t.Stop()
 		sweep = t.C
 	}
+	again := map[watch.Dev]time.Time{} // the devices of looks that could not ask every VM
+	var relook *time.Timer
+	var relookC <-chan time.Time
+	defer func() {
+		if relook != nil {
+			relook.Stop()
+		}
+	}()
 	for {
-		swept := false
+		sources, due := r.sources, map[watch.Dev]time.Time{}
 		select {
 		case <-ctx.Done():
 			return
 		case <-r.wake:
 		case <-sweep:
-			swept = true
-		}
-		r.mu.Lock()
-		due, asked := r.due, len(r.due) > 0
-		r.due = map[watch.Dev]time.Time{}
-		r.mu.Unlock()
-		if swept {
+			sources = silent
 			r.a.mu.Lock()
 			for dev := range r.a.vols {
 				addDue(due, dev, time.Time{})
 			}
 			r.a.mu.Unlock()
+		case <-relookC:
+			due, again, relookC = again, map[watch.Dev]time.Time{}, nil
 		}
-		if len(due) > 0 {
-			r.look(ctx, due, swept && !asked) // a look asked for logs all it sees
+		r.mu.Lock()
+		if len(r.due) > 0 {
+			sources = r.sources // asked for: every source
+		}
+		for dev, live := range r.due {
+			addDue(due, dev, live)
+		}
+		r.due = map[watch.Dev]time.Time{}
+		r.mu.Unlock()
+		if len(due) == 0 {
+			continue
+		}
+		switch {
+		case r.look(ctx, sources, due):
+			r.retry.Reset()
+		case ctx.Err() != nil: // cut short: no VM failed
+		default:
+			for dev, live := range due {
+				addDue(again, dev, live)
+			}
+			if relookC == nil {
+				wait := r.retry.Next()
+				r.log.Debug().Dur("after", wait).Msg("not every VM could be asked: looking again")
+				relook = time.NewTimer(wait)
+				relookC = relook.C
+			}
 		}
 	}
 }
-
-// defaultSweepEvery: where a source tells of no pauses (QMP sockets, which are never
-// held open), the VMs of every watched LV are looked at this often, for a VM
-// that ran out of space with no crossing seen (a write that jumped past the
-// threshold, a lost event), whose LV the look then extends at once. A sweep
-// logs only what it changes: the VMs it resumes, those it cannot reach.
-const defaultSweepEvery = time.Minute
 
 // Watches of a VM manager's pauses are set up again after 1 s, doubling up to
 // 30 s: a libvirtd restarted, or started after the agent.
@@ -182,16 +215,13 @@ func (r *resumer) follow(ctx context.Context, w resume.PauseWatcher) {
 	}
 }
 
-// look runs one pass over the VMs using the due devices; a sweep's logs only
-// what it resumed or could not reach.
-func (r *resumer) look(ctx context.Context, due map[watch.Dev]time.Time, sweep bool) {
+// look runs one pass over sources' VMs using the due devices, and reports
+// whether it could ask every VM.
+func (r *resumer) look(ctx context.Context, sources []resume.Source, due map[watch.Dev]time.Time) bool {
 	start := time.Now()
 	devs := slices.Collect(maps.Keys(due))
-	log := r.log
-	if sweep {
-		log = r.log.Level(zerolog.WarnLevel)
-	}
-	outcomes := resume.Run(ctx, r.sources, devs, r.a.roomFor(due), log)
+	outcomes := resume.Run(ctx, sources, devs, r.a.roomFor(due), zerolog.Nop())
+	r.logOutcomes(sources, outcomes)
 	var waiting []resume.Outcome
 	r.mu.Lock()
 	for _, o := range outcomes {
@@ -200,9 +230,6 @@ func (r *resumer) look(ctx context.Context, due map[watch.Dev]time.Time, sweep b
 		}
 		switch {
 		case o.Action == resume.Resumed:
-			if sweep {
-				resume.LogOutcome(r.log, o)
-			}
 			r.a.metrics.resumed(o.At.Sub(grownAt(o, due)), !grownAt(o, due).IsZero())
 		case o.Action == resume.Failed && o.VM != "":
 			r.a.metrics.resumeFailed()
@@ -210,46 +237,41 @@ func (r *resumer) look(ctx context.Context, due map[watch.Dev]time.Time, sweep b
 			waiting = append(waiting, o)
 		}
 	}
-	r.waiting = slices.DeleteFunc(r.waiting, func(old resume.Outcome) bool { return stale(old, outcomes) })
+	r.waiting = slices.DeleteFunc(r.waiting, func(old resume.Outcome) bool { return stale(old, sources, outcomes) })
 	r.waiting = append(r.waiting, waiting...)
-	if slices.ContainsFunc(outcomes, func(o resume.Outcome) bool { return o.Action == resume.Failed }) {
-		r.relookLocked(due)
-	} else {
-		r.retry.Reset()
-	}
 	r.mu.Unlock()
 	for _, o := range waiting {
 		for _, d := range o.Waiting {
 			r.a.urgent(d.Dev, o.VM, start)
 		}
 	}
+	return !slices.ContainsFunc(outcomes, func(o resume.Outcome) bool { return o.Action == resume.Failed })
 }
 
-// relookLocked makes due looked at again after the backoff; looks failing while
-// one such try is pending add their devices to it.
-func (r *resumer) relookLocked(due map[watch.Dev]time.Time) {
-	pending := r.again != nil
-	if !pending {
-		r.again = map[watch.Dev]time.Time{}
-	}
-	for dev, live := range due {
-		addDue(r.again, dev, live)
-	}
-	if pending {
-		return
-	}
-	wait := r.retry.Next()
-	r.log.Debug().Dur("after", wait).Msg("not every VM could be asked: looking again")
-	time.AfterFunc(wait, func() {
-		r.mu.Lock()
-		again := r.again
-		r.again = nil
-		r.mu.Unlock()
-		for dev, live := range again {
-			r.check(dev, live)
+// logOutcomes logs what a look did with each VM of sources: at its level the
+// first time, at debug level while the VM stays as the last look said (paused
+// on another error, its monitor still busy), as sweeps and relooks repeat
+// themselves. Every resume is logged.
+func (r *resumer) logOutcomes(sources []resume.Source, outcomes []resume.Outcome) {
+	before := r.said
+	r.said = map[string]string{}
+	for key, said := range before {
+		if !slices.ContainsFunc(sources, func(src resume.Source) bool { return strings.HasPrefix(key, src.String()+"\x00") }) {
+			r.said[key] = said // not in this pass; a VM of its sources is said again below, or gone
 		}
-	})
+	}
+	for _, o := range outcomes {
+		key, said := vmKey(o), string(o.Action)+": "+o.Why
+		if o.Action != resume.Resumed && before[key] == said {
+			r.log.Debug().Str("source", o.Source).Str("vm", o.VM).Str("action", string(o.Action)).Str("why", o.Why).Msg("VM as before")
+		} else {
+			resume.LogOutcome(r.log, o)
+		}
+		r.said[key] = said
+	}
 }
+
+func vmKey(o resume.Outcome) string { return o.Source + "\x00" + o.VM }
 
 // grownAt is when the first new table of a resumed VM's drives went live, or
 // the zero time when none of them was just grown.
@@ -265,11 +287,15 @@ func grownAt(o resume.Outcome, due map[watch.Dev]time.Time) time.Time {
 
 func sameVM(x, y resume.Outcome) bool { return x.VM == y.VM && x.Source == y.Source }
 
-// stale reports whether a pass's outcomes replace what an earlier pass said of
-// a VM waiting for space: the pass looked at the VM (it runs now, or it uses one
-// of the devices looked at), or the VM's source listed its VMs without it
-// (gone). A VM or a source that could not be asked keeps what was said of it.
-func stale(old resume.Outcome, outcomes []resume.Outcome) bool {
+// stale reports whether the outcomes of a pass over sources replace what an
+// earlier pass said of a VM waiting for space: the pass looked at the VM (it
+// runs now, or it uses one of the devices looked at), or the VM's source listed
+// its VMs without it (gone). A VM or a source that could not be asked, or was
+// not in the pass, keeps what was said of it.
+func stale(old resume.Outcome, sources []resume.Source, outcomes []resume.Outcome) bool {
+	if !slices.ContainsFunc(sources, func(src resume.Source) bool { return src.String() == old.Source }) {
+		return false
+	}
 	for _, o := range outcomes {
 		switch {
 		case sameVM(o, old):

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -32,9 +33,12 @@ func TestStale(t *testing.T) {
 		{"gone, and no VM left", nil, true},
 		{"another source's", []resume.Outcome{{Source: "libvirt (this host's)", VM: old.VM, Action: resume.Resumed}, other}, true},
 	} {
-		if got := stale(old, tc.outcomes); got != tc.want {
+		if got := stale(old, []resume.Source{resume.QMP{Patterns: []string{"/run/qemu-server/*.qmp"}}}, tc.outcomes); got != tc.want {
 			t.Errorf("%s: stale = %v, want %v", tc.name, got, tc.want)
 		}
+	}
+	if stale(old, []resume.Source{resume.Libvirt{}}, nil) {
+		t.Error("a pass over libvirt alone dropped what a QMP pass said")
 	}
 }
 
@@ -82,10 +86,41 @@ func TestRelookAfterFailure(t *testing.T) {
 	if n := src.count(); n != 3 {
 		t.Errorf("%d looks for two failures: want 3, none after the one that succeeded", n)
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if wait := r.retry.Current(); wait != 0 {
-		t.Errorf("the backoff stays at %v after a look that succeeded", wait)
+}
+
+// A look's outcomes are logged at their level once, and at debug level while
+// a VM stays as it was; a resume always.
+func TestLogOutcomesOnce(t *testing.T) {
+	var buf strings.Builder
+	a := &Agent{cfg: Config{Log: zerolog.New(&buf).Level(zerolog.InfoLevel)}}
+	r := newResumer(a, nil)
+	src := []resume.Source{resume.QMP{Patterns: []string{"/run/qemu-server/*.qmp"}}}
+	busy := resume.Outcome{Source: src[0].String(), VM: "/run/qemu-server/101.qmp", Action: resume.Failed, Why: "i/o timeout"}
+	eio := resume.Outcome{Source: src[0].String(), VM: "/run/qemu-server/102.qmp", Action: resume.Left, Paused: true, Why: "virtio0 failed"}
+	resumed := resume.Outcome{Source: src[0].String(), VM: "/run/qemu-server/103.qmp", Action: resume.Resumed, Why: "room again on virtio0"}
+	lines := func() int {
+		n := strings.Count(buf.String(), "\n")
+		buf.Reset()
+		return n
+	}
+	r.logOutcomes(src, []resume.Outcome{busy, eio, resumed})
+	if n := lines(); n != 3 {
+		t.Errorf("first look: %d lines, want 3", n)
+	}
+	r.logOutcomes(src, []resume.Outcome{busy, eio, resumed})
+	if n := lines(); n != 1 {
+		t.Errorf("the same again: %d lines, want the resume's alone", n)
+	}
+	busy.Why = "connection refused"
+	r.logOutcomes(src, []resume.Outcome{busy, eio})
+	if n := lines(); n != 1 {
+		t.Errorf("a new reason: %d lines, want 1", n)
+	}
+	r.logOutcomes(src, []resume.Outcome{busy})      // 102 gone
+	r.logOutcomes(src, []resume.Outcome{busy, eio}) // and back
+	r.logOutcomes(nil, []resume.Outcome{})          // a pass over other sources forgets nothing
+	if n := lines(); n != 1 {
+		t.Errorf("a VM gone and back: %d lines, want 1", n)
 	}
 }
 

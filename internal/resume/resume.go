@@ -129,8 +129,9 @@ func Run(ctx context.Context, sources []Source, devs []watch.Dev, room Room, log
 			out = append(out, o)
 		})
 		if err != nil {
-			log.Warn().Err(err).Stringer("source", src).Msg("cannot list the VMs")
-			out = append(out, Outcome{Source: src.String(), Action: Failed, Why: err.Error(), Named: true, Err: err})
+			o := Outcome{Source: src.String(), Action: Failed, Why: err.Error(), Named: true, Err: err}
+			LogOutcome(log, o)
+			out = append(out, o)
 		}
 	}
 	return out
@@ -215,15 +216,17 @@ func noRoom(d Drive, room Room, sizeOf func(string) (uint64, error)) string {
 	return ""
 }
 
-// LogOutcome logs what Run did with a VM: a resume at info level, a failure at
-// warning level, a VM left paused on an I/O error at info level, the rest at
-// debug level.
+// LogOutcome logs what Run did with a VM: a resume at info level, a failure (or
+// a source that could not list its VMs) at warning level, a VM left paused on
+// an I/O error at info level, the rest at debug level.
 func LogOutcome(log zerolog.Logger, o Outcome) {
 	var ev *zerolog.Event
 	var msg string
 	switch {
 	case o.Action == Resumed:
 		ev, msg = log.Info(), "VM resumed"
+	case o.Action == Failed && o.VM == "":
+		ev, msg = log.Warn().Err(o.Err), "cannot list the VMs"
 	case o.Action == Failed:
 		ev, msg = log.Warn().Err(o.Err), "VM not reached or not resumed"
 	case o.Action == Left && o.Paused:
