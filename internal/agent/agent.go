@@ -429,21 +429,18 @@ type Status struct {
 // Status returns the current snapshot, volumes sorted by VG and LV.
 func (a *Agent) Status() Status {
 	st := Status{HostID: a.cfg.HostID, PausedVMs: a.resumer.paused()}
-	// The highest writes as they are now: a volume's own record is from its
-	// last arming, before the writes that crossed and those since.
-	high := map[watch.Dev]uint64{}
-	if armings, err := a.w.List(); err == nil {
-		for _, arm := range armings {
-			high[arm.Dev] = arm.High
-		}
-	}
 	a.mu.Lock()
-	for _, v := range a.vols {
+	vols := slices.Collect(maps.Values(a.vols))
+	a.mu.Unlock()
+	for _, v := range vols {
 		vs := v.status()
-		vs.High = max(vs.High, high[v.dev])
+		// The highest write as it is now: the volume's own record is from its
+		// last arming, before the writes that crossed and those since.
+		if high, err := a.w.High(v.dev); err == nil {
+			vs.High = max(vs.High, high)
+		}
 		st.Volumes = append(st.Volumes, vs)
 	}
-	a.mu.Unlock()
 	slices.SortFunc(st.Volumes, func(x, y VolumeStatus) int { return cmp.Or(cmp.Compare(x.VG, y.VG), cmp.Compare(x.LV, y.LV)) })
 	if a.spm != nil {
 		s := a.spm.Status()

@@ -241,6 +241,11 @@ func (v *volume) updateMax() {
 // true when writes are beyond the threshold already.
 func (v *volume) arm(sz uint64) (past bool, err error) {
 	if sz >= v.max {
+		// Disarm forgets the highest write: kept for status, and for the look
+		// at the VMs after the extension that got here.
+		if high, err := v.a.w.High(v.dev); err == nil && high > 0 {
+			v.set(func(st *VolumeStatus) { st.High = max(st.High, high) })
+		}
 		if _, err := v.a.w.Disarm(v.dev); err != nil {
 			return false, fmt.Errorf("disarm %s: %w", v.dev, err)
 		}

@@ -155,6 +155,21 @@ func mapFull(err error) error {
 // maxDevices is LVW_MAX_DEVICES: how many devices the maps hold.
 const maxDevices = 4096
 
+// High is the highest end of a write the program saw on dev since it was first
+// armed (bytes), 0 if none or dev is not watched: Disarm forgets it.
+func (w *Watcher) High(dev Dev) (uint64, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return 0, ErrClosed
+	}
+	var high uint64
+	if err := w.objs.LvwHigh.Lookup(dev.kernel(), &high); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return 0, fmt.Errorf("read lvw_high of %s: %w", dev, err)
+	}
+	return high * sectorSize, nil
+}
+
 // Disarm stops watching dev. It reports whether dev was still armed, that is
 // whether no crossing event for its last arming exists or will come.
 func (w *Watcher) Disarm(dev Dev) (bool, error) {

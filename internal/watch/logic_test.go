@@ -361,11 +361,18 @@ func TestLogicArmReportsPast(t *testing.T) {
 		if ev := wantEvents(t, w, 1, "past the armed threshold")[0]; ev.Cookie != a.Cookie {
 			t.Errorf("cookie %d, want %d", ev.Cookie, a.Cookie)
 		}
+		r.write(fakeDev, 1100, 8) // after the crossing: High follows, armed or not
+		if high, err := w.High(fakeDev); err != nil || high != 1108*512 {
+			t.Errorf("High = %d, %v; want %d", high, err, 1108*512)
+		}
 
 		// A new device of the same number (another diskseq; 0 here, since a fake
 		// device has none) and Disarm both start without a high-water mark.
 		if _, err := w.Disarm(fakeDev); err != nil {
 			t.Fatal(err)
+		}
+		if high, err := w.High(fakeDev); err != nil || high != 0 {
+			t.Errorf("High after Disarm = %d, %v; want 0", high, err)
 		}
 		mustArm(t, w, fakeDev, 100*512)
 		list, err := w.List()
