@@ -5,7 +5,7 @@
 # maximum size (virtual size × 1.1) and stops there, a raw LV and the domain's
 # special LVs, which are never touched.
 set -eu
-. "${0%/*}/lib/domain.sh"
+. "$(dirname "$0")/lib/domain.sh"
 disk=${LVWATCH_SCRATCH_DISKS%% *}
 log=/tmp/agent.log
 fail() { echo "FAIL: $*" >&2; status=1; }

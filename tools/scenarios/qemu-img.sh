@@ -7,7 +7,7 @@
 # Usage: sh qemu-img.sh [SOURCE_MiB]   (on the guest's first scratch disk)
 set -eu
 src_mib=${1:-320}
-. "${0%/*}/lib/domain.sh"
+. "$(dirname "$0")/lib/domain.sh"
 disk=${LVWATCH_SCRATCH_DISKS%% *}
 lv=$(uuid)
 log=/tmp/agent.log

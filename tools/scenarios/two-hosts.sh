@@ -11,7 +11,7 @@
 # coordinate on the second disk alone, a flag board: "READY VG LV", then "DONE".
 # Usage: sh two-hosts.sh [SOURCE_MiB]
 set -eu
-. "${0%/*}/lib/domain.sh"
+. "$(dirname "$0")/lib/domain.sh"
 src_mib=${1:-320}
 guest=${LVWATCH_GUEST:-}
 if [ -z "$guest" ]; then echo "two-hosts.sh needs two guests: tools/vmtest -guests 2 -script $0" >&2; exit 2; fi

@@ -8,7 +8,7 @@
 # finishes with every drive's data read back intact.
 # Usage: sh vm-resume.sh [DATA_MiB]   (scratch disks: the VG's, then the new PV)
 set -eu
-. "${0%/*}/lib/domain.sh"
+. "$(dirname "$0")/lib/domain.sh"
 data_mib=${1:-96}
 set -- $LVWATCH_SCRATCH_DISKS
 disk=$1 newpv=$2

@@ -24,7 +24,7 @@ import (
 // lvwatch (built here), qemu-img and qemu-io, what a booted system mounts
 // (bpffs, tracefs, /dev/shm, /dev/pts) and the scratch disks. A lib/ directory
 // beside the script goes with it, for the shell functions scripts share
-// (`. "${0%/*}/lib/FILE"`).
+// (`. "$(dirname "$0")/lib/FILE"`).
 
 // The guest's layout for a script, besides guestBinDir.
 const (

@@ -24,7 +24,7 @@ new_image() {
 # PATTERN, at most 30 s; fails, printing $log, if PID ends first.
 logged() {
 	i=0
-	until [ "$(grep -c "$2" "$log")" -ge "${3:-1}" ]; do
+	until [ "$(grep -c "$2" "$log" 2>/dev/null || true)" -ge "${3:-1}" ] 2>/dev/null; do
 		i=$((i + 1))
 		if [ $i -gt 300 ] || ! kill -0 "$1" 2>/dev/null; then
 			cat "$log"
@@ -48,11 +48,11 @@ convert_checked() {
 }
 
 # stop_agent: prints the agent's status, stops it, and prints each extension
-# of $lv from $log with its phases; no extension, or an error logged, sets
-# status to 1.
+# of $lv from $log with its phases; the agent gone before, no extension, or an
+# error logged sets status to 1.
 stop_agent() {
-	lvwatch status
-	kill "$agent"
+	lvwatch status || status=1
+	kill "$agent" 2>/dev/null || { echo "FAIL: the agent had exited" >&2; status=1; }
 	wait "$agent" || true
 	grep '"LV extended"' "$log" | sed 's/.*"from":"\([^"]*\)","to":"\([^"]*\)",\(.*\),"past_again.*/extended \1 -> \2: \3/'
 	n=$(grep -c '"LV extended"' "$log" || true)
