@@ -32,8 +32,15 @@ func (q QMP) String() string { return "qmp " + strings.Join(q.Patterns, ",") }
 
 // Visit connects to each socket in turn, for the length of fn only.
 func (q QMP) Visit(ctx context.Context, fn func(Machine)) error {
-	for _, pattern := range q.Patterns {
-		named := !strings.ContainsAny(pattern, `*?[\`)
+	return visitSockets(ctx, q.Patterns, nil, fn)
+}
+
+// visitSockets calls fn for the VM behind each socket that patterns name or
+// find: through the connection held returns for it, else one of its own, for
+// the length of fn.
+func visitSockets(ctx context.Context, patterns []string, held func(path string) *qmp.Conn, fn func(Machine)) error {
+	for _, pattern := range patterns {
+		named := !isGlob(pattern)
 		paths := []string{pattern}
 		if !named {
 			var err error
@@ -43,6 +50,13 @@ func (q QMP) Visit(ctx context.Context, fn func(Machine)) error {
 		}
 		for _, path := range paths {
 			m := &qmpMachine{path: path, named: named}
+			if held != nil {
+				m.conn = held(path)
+			}
+			if m.conn != nil {
+				fn(m)
+				continue
+			}
 			mctx, cancel := context.WithTimeout(ctx, monitorTimeout)
 			m.conn, m.err = qmp.Dial(mctx, path)
 			cancel()
@@ -57,6 +71,8 @@ func (q QMP) Visit(ctx context.Context, fn func(Machine)) error {
 	}
 	return nil
 }
+
+func isGlob(pattern string) bool { return strings.ContainsAny(pattern, `*?[\`) }
 
 // gone reports a socket with no VM behind it.
 func gone(err error) bool {
