@@ -43,6 +43,8 @@ func runAgent(ctx context.Context, args []string) error {
 	statusSocket := fs.String("socket", "", "serve `lvwatch status` on this unix socket (default "+statusd.DefaultSocket+")")
 	var sockets stringList
 	fs.Var(&sockets, "qmp", "resume VMs paused for want of space through these QMP sockets (globs; repeatable; default "+resume.DefaultQMP+")")
+	var monitors stringList
+	fs.Var(&monitors, "qmp-monitor", "and through these QMP monitors of lvwatch's own, held open for their events (globs; repeatable; sockets the VMs were started with for lvwatch alone, not matched by --qmp)")
 	libvirtURI := fs.String("libvirt", "", "resume them through this libvirt (default: this host's when it runs; none: no libvirt)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -55,7 +57,10 @@ func runAgent(ctx context.Context, args []string) error {
 	if sockets != nil {
 		ends.qmp = (*[]string)(&sockets)
 	}
-	cfg.VMs = config.VMSources(ends.qmp, cmp.Or(*libvirtURI, ends.libvirt))
+	if monitors != nil {
+		ends.monitors = monitors
+	}
+	cfg.VMs = config.VMSources(ends.qmp, ends.monitors, cmp.Or(*libvirtURI, ends.libvirt))
 	metrics := cmp.Or(*metricsAddr, ends.metrics)
 	socket := cmp.Or(*statusSocket, ends.status, statusd.DefaultSocket)
 	cfg.Log = logger
@@ -91,6 +96,7 @@ func runAgent(ctx context.Context, args []string) error {
 type endpoints struct {
 	metrics, status string
 	qmp             *[]string
+	monitors        []string
 	libvirt         string
 }
 
@@ -105,7 +111,7 @@ func agentConfig(path, domain string, hostID int, runSPM bool, devices, chunk, t
 			return agent.Config{}, endpoints{}, err
 		}
 		cfg, err := f.AgentConfig()
-		return cfg, endpoints{f.Agent.Metrics, f.Agent.Status, f.Agent.QMP, f.Agent.Libvirt}, err
+		return cfg, endpoints{f.Agent.Metrics, f.Agent.Status, f.Agent.QMP, f.Agent.QMPMonitors, f.Agent.Libvirt}, err
 	}
 	if domain == "" || hostID == 0 {
 		return agent.Config{}, endpoints{}, fmt.Errorf("%w: --domain and --host-id, or --config, are required", errUsage)

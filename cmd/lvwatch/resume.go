@@ -55,7 +55,7 @@ func runResume(ctx context.Context, args []string) error {
 	if sockets != nil {
 		patterns = (*[]string)(&sockets)
 	}
-	sources := config.VMSources(patterns, *libvirtURI)
+	sources := config.VMSources(patterns, nil, *libvirtURI) // an agent may hold the monitors of its own
 	grown := func(d resume.Drive) bool { return slices.Contains(devs, d.Dev) }
 	log := zerolog.Nop() // the lines below say it all, unless asked for more
 	if logger.GetLevel() <= zerolog.DebugLevel {

@@ -55,11 +55,14 @@ type Agent struct {
 	Status   string  `toml:"status_socket"`
 	Metrics  string  `toml:"metrics"` // listen address: host:port, or a unix socket path; "" for none
 	// QMP are the VMs' QMP sockets (globs) the agent resumes VMs through;
-	// default resume.DefaultQMP, [] for none. Libvirt is libvirt's URI: default
-	// this host's libvirt when one runs, "none" for none.
-	QMP     *[]string     `toml:"qmp"`
-	Libvirt string        `toml:"libvirt"`
-	Domains []AgentDomain `toml:"domain"`
+	// default resume.DefaultQMP, [] for none. QMPMonitors are sockets (globs)
+	// of monitors the VMs were started with for lvwatch alone, held open for
+	// their events; default none. Libvirt is libvirt's URI: default this
+	// host's libvirt when one runs, "none" for none.
+	QMP         *[]string     `toml:"qmp"`
+	QMPMonitors []string      `toml:"qmp_monitors"`
+	Libvirt     string        `toml:"libvirt"`
+	Domains     []AgentDomain `toml:"domain"`
 }
 
 // AgentDomain is one [[agent.domain]].
@@ -170,7 +173,7 @@ func (f *File) AgentConfig() (agent.Config, error) {
 	if s.HostID == 0 {
 		return agent.Config{}, errors.New("config: [agent] needs host_id, this host's id in the domains' mailboxes (1..249)")
 	}
-	cfg := agent.Config{HostID: s.HostID, PinDir: s.PinDir, StateDir: s.StateDir, VMs: VMSources(s.QMP, s.Libvirt)}
+	cfg := agent.Config{HostID: s.HostID, PinDir: s.PinDir, StateDir: s.StateDir, VMs: VMSources(s.QMP, s.QMPMonitors, s.Libvirt)}
 	for _, d := range s.Domains {
 		cfg.Domains = append(cfg.Domains, agent.Domain{
 			VG: d.VG, Inbox: d.Inbox, Outbox: d.Outbox, Devices: d.Devices,
@@ -195,14 +198,18 @@ func (f *File) AgentConfig() (agent.Config, error) {
 }
 
 // VMSources are the ways to the host's VMs: QMP sockets matching patterns
-// (resume.DefaultQMP when nil, none when empty) and libvirt at uri ("" this
-// host's when one runs, "none" for none).
-func VMSources(patterns *[]string, uri string) []resume.Source {
+// (resume.DefaultQMP when nil, none when empty), monitors of lvwatch's own
+// matching monitors, and libvirt at uri ("" this host's when one runs, "none"
+// for none).
+func VMSources(patterns *[]string, monitors []string, uri string) []resume.Source {
 	qmp := []string{resume.DefaultQMP}
 	if patterns != nil {
 		qmp = *patterns
 	}
 	var sources []resume.Source
+	if len(monitors) > 0 {
+		sources = append(sources, resume.NewMonitors(monitors))
+	}
 	if len(qmp) > 0 {
 		sources = append(sources, resume.QMP{Patterns: qmp})
 	}

@@ -170,3 +170,29 @@ reserve = "1GiB"
 		}
 	}
 }
+
+// [agent]'s qmp, qmp_monitors and libvirt choose the ways to the VMs: by
+// default Proxmox VE's monitors, visited, and this host's libvirt.
+func TestVMSources(t *testing.T) {
+	for _, tc := range []struct{ toml, want string }{
+		{"", "qmp /run/qemu-server/*.qmp|libvirt (this host's)"},
+		{"qmp = []\nlibvirt = \"none\"\n", ""},
+		{"qmp_monitors = [\"/run/lvwatch/qmp/*.sock\"]\nlibvirt = \"none\"\n", "qmp monitors /run/lvwatch/qmp/*.sock|qmp /run/qemu-server/*.qmp"},
+	} {
+		f, err := Parse([]byte("[agent]\nhost_id = 1\n" + tc.toml + "[[agent.domain]]\nvg = \"8adbc85e-e554-4ae0-b318-8a5465fe5fe1\"\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := f.AgentConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, src := range cfg.VMs {
+			got = append(got, src.String())
+		}
+		if strings.Join(got, "|") != tc.want {
+			t.Errorf("%q: sources %q, want %q", tc.toml, got, tc.want)
+		}
+	}
+}
