@@ -44,7 +44,7 @@ func runAgent(ctx context.Context, args []string) error {
 	var sockets stringList
 	fs.Var(&sockets, "qmp", "resume VMs paused for want of space through these QMP sockets (globs; repeatable; default "+resume.DefaultQMP+")")
 	var monitors stringList
-	fs.Var(&monitors, "qmp-monitor", "and through these QMP monitors of lvwatch's own, held open for their events (globs; repeatable; sockets the VMs were started with for lvwatch alone, not matched by --qmp)")
+	fs.Var(&monitors, "qmp-monitor", "and through these QMP monitors of lvwatch's own, held open for their events (globs; repeatable; sockets the VMs were started with for lvwatch alone; those --qmp matches are never held)")
 	libvirtURI := fs.String("libvirt", "", "resume them through this libvirt (default: this host's when it runs; none: no libvirt)")
 	if err := parseFlags(fs, args); err != nil {
 		return err

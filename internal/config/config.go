@@ -208,7 +208,7 @@ func VMSources(patterns *[]string, monitors []string, uri string) []resume.Sourc
 	}
 	var sources []resume.Source
 	if len(monitors) > 0 {
-		sources = append(sources, resume.NewMonitors(monitors))
+		sources = append(sources, resume.NewMonitors(monitors, qmp))
 	}
 	if len(qmp) > 0 {
 		sources = append(sources, resume.QMP{Patterns: qmp})

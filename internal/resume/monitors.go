@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -20,14 +21,17 @@ import (
 // through the pointer NewMonitors returns.
 type Monitors struct {
 	patterns []string
+	not      []string // globs of sockets never held: the VMs' main monitors
 
 	mu   sync.Mutex
 	held map[string]*qmp.Conn // by socket path
 }
 
-// NewMonitors returns the source of the monitors that patterns find.
-func NewMonitors(patterns []string) *Monitors {
-	return &Monitors{patterns: patterns, held: map[string]*qmp.Conn{}}
+// NewMonitors returns the source of the monitors that patterns find, but for
+// sockets that a glob of not matches: those of QMP, which a VM's manager uses
+// (held, Proxmox's qm would wait for good).
+func NewMonitors(patterns, not []string) *Monitors {
+	return &Monitors{patterns: patterns, not: not, held: map[string]*qmp.Conn{}}
 }
 
 func (m *Monitors) String() string { return "qmp monitors " + strings.Join(m.patterns, ",") }
@@ -35,7 +39,7 @@ func (m *Monitors) String() string { return "qmp monitors " + strings.Join(m.pat
 // Visit asks each VM through its monitor held, or one connected for the visit
 // (a VM started since WatchPauses last looked, or no WatchPauses running).
 func (m *Monitors) Visit(ctx context.Context, fn func(Machine)) error {
-	return visitSockets(ctx, m.patterns, m.conn, fn)
+	return visitSockets(ctx, m.patterns, m.not, m.conn, fn)
 }
 
 func (m *Monitors) conn(path string) *qmp.Conn {
@@ -64,8 +68,15 @@ func (m *Monitors) WatchPauses(ctx context.Context, fn func(path string)) error 
 				continue // gone, or busy: the next scan tries again
 			}
 			m.mu.Lock()
-			m.held[path] = c
+			taken := m.held[path] != nil // by a pattern before this one
+			if !taken {
+				m.held[path] = c
+			}
 			m.mu.Unlock()
+			if taken {
+				c.Close()
+				continue
+			}
 			wg.Go(func() { m.follow(ctx, path, c, fn) })
 		}
 		select {
@@ -76,7 +87,8 @@ func (m *Monitors) WatchPauses(ctx context.Context, fn func(path string)) error 
 	}
 }
 
-// unheld is the sockets the patterns find that no connection holds.
+// unheld is the sockets the patterns find that no connection holds, each once,
+// but for those of not.
 func (m *Monitors) unheld() []string {
 	var paths []string
 	for _, pattern := range m.patterns {
@@ -86,13 +98,20 @@ func (m *Monitors) unheld() []string {
 		}
 		m.mu.Lock()
 		for _, path := range found {
-			if m.held[path] == nil {
+			if m.held[path] == nil && !slices.Contains(paths, path) && !matchesAny(m.not, path) {
 				paths = append(paths, path)
 			}
 		}
 		m.mu.Unlock()
 	}
 	return paths
+}
+
+func matchesAny(globs []string, path string) bool {
+	return slices.ContainsFunc(globs, func(glob string) bool {
+		ok, _ := filepath.Match(glob, path)
+		return ok
+	})
 }
 
 // follow reads c's events until the connection ends (the VM is gone, or
@@ -107,22 +126,38 @@ func (m *Monitors) follow(ctx context.Context, path string, c *qmp.Conn, fn func
 		c.Close()
 	}()
 	for ev := range c.Events() {
-		if e, err := ev.BlockIOError(); err != nil || !e.NoSpace {
-			continue
-		}
-		paths, err := noSpaceDrives(ctx, c)
-		if err != nil {
-			continue // the connection ending ends the loop
-		}
-		for _, p := range paths {
-			fn(p)
+		if e, err := ev.BlockIOError(); err == nil && e.NoSpace {
+			for _, p := range noSpaceDrives(ctx, c) {
+				fn(p)
+			}
 		}
 	}
 }
 
+// A query after an ENOSPC that fails is tried again after 1 s, 4 times more:
+// the pause is told only once.
+const (
+	queryTries = 5
+	queryRetry = time.Second
+)
+
 // noSpaceDrives is the host paths of the VM's drives whose io-status is
-// nospace.
-func noSpaceDrives(ctx context.Context, c *qmp.Conn) ([]string, error) {
+// nospace; none when QEMU does not answer.
+func noSpaceDrives(ctx context.Context, c *qmp.Conn) []string {
+	for range queryTries {
+		if paths, err := queryNoSpace(ctx, c); err == nil {
+			return paths
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(queryRetry):
+		}
+	}
+	return nil
+}
+
+func queryNoSpace(ctx context.Context, c *qmp.Conn) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, monitorTimeout)
 	defer cancel()
 	blocks, err := c.QueryBlock(ctx)

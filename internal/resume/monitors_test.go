@@ -21,8 +21,9 @@ func TestMonitorsHeld(t *testing.T) {
 	d := newDisk(t, 16)
 	vm := testvm.Start(t, kit, testvm.Options{DataMiB: 32, Monitors: 2,
 		Drives: []testvm.Drive{{Path: d.Path, Format: "qcow2", Werror: "stop", AIO: "native"}}})
-	// By a glob, as an operator configures them: it finds the VM's second socket.
-	mon := resume.NewMonitors([]string{filepath.Join(filepath.Dir(vm.QMP(1)), filepath.Base(vm.QMP(1))+"*")})
+	// By a glob, as an operator configures them, but for the VM's main monitor:
+	// the second socket is found.
+	mon := resume.NewMonitors([]string{filepath.Join(filepath.Dir(vm.QMP(1)), "*")}, []string{vm.QMP(0)})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	failedOn := make(chan string, 8)

@@ -32,13 +32,13 @@ func (q QMP) String() string { return "qmp " + strings.Join(q.Patterns, ",") }
 
 // Visit connects to each socket in turn, for the length of fn only.
 func (q QMP) Visit(ctx context.Context, fn func(Machine)) error {
-	return visitSockets(ctx, q.Patterns, nil, fn)
+	return visitSockets(ctx, q.Patterns, nil, nil, fn)
 }
 
 // visitSockets calls fn for the VM behind each socket that patterns name or
-// find: through the connection held returns for it, else one of its own, for
-// the length of fn.
-func visitSockets(ctx context.Context, patterns []string, held func(path string) *qmp.Conn, fn func(Machine)) error {
+// find, but for those a glob of not matches: through the connection held
+// returns for it, else one of its own, for the length of fn.
+func visitSockets(ctx context.Context, patterns, not []string, held func(path string) *qmp.Conn, fn func(Machine)) error {
 	for _, pattern := range patterns {
 		named := !isGlob(pattern)
 		paths := []string{pattern}
@@ -49,6 +49,9 @@ func visitSockets(ctx context.Context, patterns []string, held func(path string)
 			}
 		}
 		for _, path := range paths {
+			if matchesAny(not, path) {
+				continue
+			}
 			m := &qmpMachine{path: path, named: named}
 			if held != nil {
 				m.conn = held(path)
