@@ -1,46 +1,20 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
-
-	"github.com/lvwatch/lvwatch/internal/loopdev"
 )
 
 // lvwatch doctor shows a running watch's pins as held by it, keeps them on
 // --remove while it runs, and once it has exited with --keep shows them as a
 // leftover and removes them, detaching the program.
 func TestDoctorCommand(t *testing.T) {
-	requireRootBPF(t)
-	dev, err := loopdev.NewSparse("", 16<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	pins := pinDir(t)
-	watcher := exec.Command(lvwatchBin, "watch", "--keep", "--threshold", "1MiB", "--pin-dir", pins, dev.Path)
-	stderr, err := watcher.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := watcher.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer watcher.Process.Kill()
-	logs := bufio.NewScanner(stderr)
-	for logs.Scan() && !strings.Contains(logs.Text(), `"message":"armed"`) {
-	}
-	go func() { // keep stderr drained
-		for logs.Scan() {
-		}
-	}()
+	_, watcher, _, pins := startWatch(t, "--keep")
 
 	out := doctor(t, pins)
 	for _, want := range []string{fmt.Sprintf("held by pid %d (%s watch", watcher.Process.Pid, lvwatchBin), "block_bio_queue", "armings  1 device, 1 armed"} {

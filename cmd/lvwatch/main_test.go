@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -94,15 +95,20 @@ func pinDir(t *testing.T) string {
 	return dir
 }
 
-func TestWatchCommand(t *testing.T) {
+// startWatch runs `lvwatch watch --threshold 1MiB --pin-dir PINS ARGS... DEVICE` on a
+// new 16 MiB loop device until it logs that it armed, and keeps its log drained
+// after; it returns the device, the command (killed at the test's end), its
+// stdout and PINS.
+func startWatch(t *testing.T, args ...string) (*loopdev.Device, *exec.Cmd, io.Reader, string) {
+	t.Helper()
 	requireRootBPF(t)
 	dev, err := loopdev.NewSparse("", 16<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dev.Close()
+	t.Cleanup(func() { dev.Close() })
 	pins := pinDir(t)
-	cmd := exec.Command(lvwatchBin, "watch", "--threshold", "1MiB", "--rearm", "--pin-dir", pins, dev.Path)
+	cmd := exec.Command(lvwatchBin, append(append([]string{"watch", "--threshold", "1MiB", "--pin-dir", pins}, args...), dev.Path)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -114,7 +120,7 @@ func TestWatchCommand(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer cmd.Process.Kill()
+	t.Cleanup(func() { cmd.Process.Kill() })
 	logs := bufio.NewScanner(stderr)
 	var seen []string // the probe attached, then the armed message
 	for len(seen) < 3 && logs.Scan() && !strings.Contains(logs.Text(), `"message":"armed"`) {
@@ -127,6 +133,11 @@ func TestWatchCommand(t *testing.T) {
 		for logs.Scan() {
 		}
 	}()
+	return dev, cmd, stdout, pins
+}
+
+func TestWatchCommand(t *testing.T) {
+	dev, cmd, stdout, pins := startWatch(t, "--rearm")
 
 	lines := make(chan string)
 	go func() {
