@@ -1,8 +1,10 @@
 package watch
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -226,9 +228,9 @@ func (w *Watcher) sharingSlot(k uint32) (uint32, uint64, error) {
 	return 0, 0, nil
 }
 
-// List returns every device in the pinned maps, armed or fired, for an agent to
-// reconcile with the devices it finds (after a restart, or when Counters shows
-// Lost events).
+// List returns every device in the pinned maps, armed or fired, sorted by
+// device number, for an agent to reconcile with the devices it finds (after a
+// restart, or when Counters shows Lost events).
 func (w *Watcher) List() ([]Arming, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -262,6 +264,9 @@ func (w *Watcher) listLocked() ([]Arming, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read lvw_watch: %w", err)
 	}
+	slices.SortFunc(list, func(a, b Arming) int {
+		return cmp.Or(cmp.Compare(a.Dev.Major, b.Dev.Major), cmp.Compare(a.Dev.Minor, b.Dev.Minor))
+	})
 	return list, nil
 }
 
