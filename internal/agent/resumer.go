@@ -116,13 +116,7 @@ func (r *resumer) run(ctx context.Context) {
 		sweep = t.C
 	}
 	again := map[watch.Dev]time.Time{} // the devices of looks that could not ask every VM
-	var relook *time.Timer
-	var relookC <-chan time.Time
-	defer func() {
-		if relook != nil {
-			relook.Stop()
-		}
-	}()
+	var relook <-chan time.Time        // when to look at them again; nil while none waits
 	for {
 		sources, due := r.sources, map[watch.Dev]time.Time{}
 		select {
@@ -136,8 +130,8 @@ func (r *resumer) run(ctx context.Context) {
 				addDue(due, dev, time.Time{})
 			}
 			r.a.mu.Unlock()
-		case <-relookC:
-			due, again, relookC = again, map[watch.Dev]time.Time{}, nil
+		case <-relook:
+			due, again, relook = again, map[watch.Dev]time.Time{}, nil
 		}
 		r.mu.Lock()
 		if len(r.due) > 0 {
@@ -159,11 +153,10 @@ func (r *resumer) run(ctx context.Context) {
 			for dev, live := range due {
 				addDue(again, dev, live)
 			}
-			if relookC == nil {
+			if relook == nil {
 				wait := r.retry.Next()
 				r.log.Debug().Dur("after", wait).Msg("not every VM could be asked: looking again")
-				relook = time.NewTimer(wait)
-				relookC = relook.C
+				relook = time.After(wait) // collected unfired once run returns
 			}
 		}
 	}
