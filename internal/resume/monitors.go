@@ -68,7 +68,7 @@ func (m *Monitors) WatchPauses(ctx context.Context, fn func(path string)) error 
 				continue // gone, or busy: the next scan tries again
 			}
 			m.mu.Lock()
-			taken := m.held[path] != nil // by a pattern before this one
+			taken := m.held[path] != nil // by another WatchPauses of m
 			if !taken {
 				m.held[path] = c
 			}
@@ -92,10 +92,7 @@ func (m *Monitors) WatchPauses(ctx context.Context, fn func(path string)) error 
 func (m *Monitors) unheld() []string {
 	var paths []string
 	for _, pattern := range m.patterns {
-		found := []string{pattern}
-		if isGlob(pattern) {
-			found, _ = filepath.Glob(pattern) // a bad pattern finds nothing; Visit says why
-		}
+		found, _, _ := sockets(pattern) // a bad pattern finds nothing; Visit says why
 		m.mu.Lock()
 		for _, path := range found {
 			if m.held[path] == nil && !slices.Contains(paths, path) && !matchesAny(m.not, path) {

@@ -40,13 +40,9 @@ func (q QMP) Visit(ctx context.Context, fn func(Machine)) error {
 // returns for it, else one of its own, for the length of fn.
 func visitSockets(ctx context.Context, patterns, not []string, held func(path string) *qmp.Conn, fn func(Machine)) error {
 	for _, pattern := range patterns {
-		named := !isGlob(pattern)
-		paths := []string{pattern}
-		if !named {
-			var err error
-			if paths, err = filepath.Glob(pattern); err != nil {
-				return fmt.Errorf("pattern %q: %w", pattern, err)
-			}
+		paths, named, err := sockets(pattern)
+		if err != nil {
+			return err
 		}
 		for _, path := range paths {
 			if matchesAny(not, path) {
@@ -75,7 +71,17 @@ func visitSockets(ctx context.Context, patterns, not []string, held func(path st
 	return nil
 }
 
-func isGlob(pattern string) bool { return strings.ContainsAny(pattern, `*?[\`) }
+// sockets is the paths pattern finds, or pattern itself when it names one
+// (named: no glob).
+func sockets(pattern string) (paths []string, named bool, err error) {
+	if !strings.ContainsAny(pattern, `*?[\`) {
+		return []string{pattern}, true, nil
+	}
+	if paths, err = filepath.Glob(pattern); err != nil {
+		return nil, false, fmt.Errorf("pattern %q: %w", pattern, err)
+	}
+	return paths, false, nil
+}
 
 // gone reports a socket with no VM behind it.
 func gone(err error) bool {
